@@ -1,0 +1,37 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install what is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of PyTorch (a plain `torch` pulls a multi-GB CUDA build onto a CPU machine).
+# On a GPU host: make TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= simplify,fp16,openvino,safetensors,parquet,plot,test,triton,ray
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast gpu-check bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/resnet-export --variant 50 --fp16
+	@echo "artifacts: $(CURDIR)/exports/resnet50/ (manifest.json lists them)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+gpu-check: $(STAMP)
+	bash benchmarks/gpu_check.sh gpu_check_out
+
+bench: $(STAMP)
+	bash benchmarks/run_cpu_bench.sh
+
+clean:
+	rm -rf exports build dist *.egg-info .pytest_cache

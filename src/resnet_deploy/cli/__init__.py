@@ -1,0 +1,1 @@
+"""A thin CLI over the library: each subcommand is one module with ``add_parser`` and ``run``."""

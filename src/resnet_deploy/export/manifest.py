@@ -1,0 +1,75 @@
+"""``manifest.json`` beside the artifacts of one export: what was made, from what, checked how."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from .._io import sha256_file, write_json
+from ..errors import UsageError
+
+MANIFEST_NAME = "manifest.json"
+_PACKAGES = ("resnet-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter-common",
+             "openvino", "tensorrt", "nvidia-modelopt", "numpy")
+
+
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class Manifest:
+    """A JSON document listing every artifact with its path, precision, backend, sha256 and size."""
+
+    def __init__(self, directory: str | os.PathLike[str], data: dict[str, Any] | None = None) -> None:
+        self.directory = Path(directory)
+        self.data: dict[str, Any] = data if data is not None else {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "artifacts": [], "parity": {}, "timings_s": {}, "versions": package_versions()}
+
+    @property
+    def path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> "Manifest":
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise UsageError(f"no {MANIFEST_NAME} in '{directory}': is it an export directory?")
+        try:
+            return cls(directory, json.loads(path.read_text()))
+        except ValueError as exc:
+            raise UsageError(f"'{path}' is not valid JSON: {exc}") from exc
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def add_artifact(self, path: str | os.PathLike[str], *, precision: str, backend: str, role: str = "model",
+                     **extra: Any) -> dict[str, Any]:
+        """Add (or replace, by path) one artifact entry; paths are stored relative to the manifest."""
+        p = Path(path)
+        rel = os.path.relpath(p, self.directory)
+        entry = {"path": rel, "role": role, "precision": precision, "backend": backend,
+                 "sha256": sha256_file(p), "size_bytes": p.stat().st_size, **extra}
+        self.data["artifacts"] = [a for a in self.data.get("artifacts", []) if a.get("path") != rel] + [entry]
+        return entry
+
+    def artifacts(self, *, role: str | None = None, precision: str | None = None) -> list[dict[str, Any]]:
+        return [a for a in self.data.get("artifacts", [])
+                if (role is None or a.get("role") == role) and (precision is None or a.get("precision") == precision)]
+
+    def artifact_path(self, entry: dict[str, Any]) -> Path:
+        return self.directory / entry["path"]
+
+    def save(self) -> Path:
+        return write_json(self.path, self.data)

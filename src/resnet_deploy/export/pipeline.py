@@ -1,0 +1,284 @@
+"""The export job behind ``resnet-export``: model -> dynamic ONNX -> verified -> (FP16 | INT8) -> engine.
+
+Each stage is a small function; ``export_model`` runs them in order, records their timings and
+results in ``manifest.json`` and returns an ``ExportResult``. A failed parity check raises
+``CheckFailedError`` (exit 1) after the artifacts and the manifest are written, for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import ensure_dir
+from ..errors import CheckFailedError, UsageError
+from ..models import create_model, resolve_variant
+from ..models.heads import wrap_head
+from ..parity import ParityReport, Tolerances, compare, seeded_inputs, tolerances_for
+from ..progress import stage
+from .dynamic import make_dynamic
+from .manifest import Manifest, package_versions
+from .onnx_export import DEFAULT_OPSET, MIN_SPATIAL, export_onnx
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, int, int, int]
+#: Parity shapes of every export: batch 1 at 224, an odd batch at a non-square size, a larger one.
+DEFAULT_CHECK_SHAPES: tuple[Shape, ...] = ((1, 3, 224, 224), (3, 3, 160, 288), (2, 3, 320, 320))
+ENGINE_MODES = ("auto", "always", "never")
+
+
+def parse_shape(text: str, *, rank: int = 4) -> tuple[int, ...]:
+    """``1x3x224x224`` -> (1, 3, 224, 224); ``224x224`` with rank 2."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"bad shape '{text}': expected {'x'.join(['N'] * rank)} with integers, e.g. "
+                         + ("1x3x224x224" if rank == 4 else "224x224")) from None
+    if len(dims) != rank or any(d < 1 for d in dims):
+        raise UsageError(f"bad shape '{text}': expected {rank} positive integers joined by 'x'")
+    return dims
+
+
+def validate_check_shapes(shapes: tuple[Shape, ...]) -> None:
+    for s in shapes:
+        if len(s) != 4 or s[1] != 3:
+            raise UsageError(f"check shape {'x'.join(map(str, s))} must be Nx3xHxW")
+        if s[2] < MIN_SPATIAL or s[3] < MIN_SPATIAL:
+            raise UsageError(f"input size {s[2]}x{s[3]} is too small for the network: ResNet downsamples by 32, "
+                             f"so height and width must be at least {MIN_SPATIAL}")
+
+
+@dataclass
+class ExportConfig:
+    """Everything ``resnet-export`` does, as one typed record."""
+
+    variant: str = "50"
+    weights: str = "random"
+    num_classes: int | None = None
+    head: str = "logits"
+    normalize: bool = False
+    output_dir: Path | None = None
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    simplify: bool = True
+    check_shapes: tuple[Shape, ...] = DEFAULT_CHECK_SHAPES
+    fuse_preprocess: bool = False
+    seed: int = 0
+    fp32_tolerances: Tolerances | None = None
+    # later stages
+    fp16: bool = False
+    int8: bool = False
+    engine: str = "auto"
+    int8_options: dict[str, Any] = field(default_factory=dict)  # CalibrationConfig fields
+    engine_options: dict[str, Any] = field(default_factory=dict)  # BuildConfig fields
+
+    @property
+    def stem(self) -> str:
+        name = resolve_variant(self.variant).name
+        return name + ("-embedding" if self.head == "embedding" else "") + ("-u8" if self.fuse_preprocess else "")
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("exports") / self.stem
+
+    def validate(self) -> None:
+        resolve_variant(self.variant)
+        if self.engine not in ENGINE_MODES:
+            raise UsageError(f"unknown --engine '{self.engine}'; choose one of: {', '.join(ENGINE_MODES)}")
+        if self.engine == "always" and not (self.fp16 or self.int8):
+            raise UsageError("--engine always builds a TensorRT engine from the FP16 or INT8 ONNX: add --fp16 "
+                             "or --int8")
+        validate_check_shapes(self.check_shapes)
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    manifest: Manifest
+    artifacts: dict[str, Path] = field(default_factory=dict)  # key: fp32, fp16, int8.<target>, engine.<p>
+    parity: dict[str, ParityReport] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.artifacts["fp32"]
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.manifest.path
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.parity.values())
+
+    def summary_rows(self) -> list[tuple[str, str, str, str]]:
+        rows = []
+        for key, path in self.artifacts.items():
+            rep = self.parity.get(key)
+            size = f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "-"
+            verdict = "-" if rep is None else ("ok" if rep.passed else "FAILED") + \
+                f" (max abs {rep.worst().get('max_abs', float('nan')):.1e}, " \
+                f"cent.cos {rep.worst().get('min_centered_cosine', float('nan')):.5f})"
+            rows.append((key, str(path), size, verdict))
+        return rows
+
+
+def reference_inputs(shapes: tuple[Shape, ...], seed: int, layout: str = "NCHW") -> list[np.ndarray]:
+    batches = seeded_inputs(shapes, seed=seed)
+    if layout == "NHWC":
+        # fused preprocessing takes the uint8 picture; recover a plausible one from the float pattern
+        batches = [np.clip((b.transpose(0, 2, 3, 1) + 2.2) / 4.9 * 255, 0, 255).astype(np.uint8) for b in batches]
+    return batches
+
+
+def verify(onnx_path: Path, reference_module: Any, shapes: tuple[Shape, ...], *, precision: str, seed: int,
+           tolerances: Tolerances | None = None, layout: str = "NCHW") -> ParityReport:
+    """Load the ONNX back in ONNX Runtime (CPU) and compare with PyTorch at ``shapes``."""
+    from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from ..runtime.torch_runner import TorchRunner
+
+    if layout == "NHWC":
+        shapes = tuple((n, h, w, c) for n, c, h, w in shapes)
+    with TorchRunner(reference_module) as ref, OnnxRuntimeRunner(onnx_path) as cand:
+        if layout == "NHWC":
+            ref.inputs = [cand.inputs[0]]  # the wrapped module takes the same uint8 NHWC batch
+        inputs = reference_inputs(shapes, seed, layout)
+        return compare(ref, cand, inputs, precision=precision, tolerances=tolerances or tolerances_for(precision))
+
+
+def _metadata(cfg: ExportConfig, spec: Any, winfo: Any, num_classes: int, out_dim: int) -> dict[str, Any]:
+    prep = winfo.preprocessing
+    return {
+        "variant": spec.name, "weights": winfo.source, "weights_sha256": winfo.sha256 or "",
+        "num_classes": num_classes, "head": cfg.head, "normalize": str(cfg.normalize).lower(),
+        "output_dim": out_dim, "input_layout": "NHWC-uint8" if cfg.fuse_preprocess else "NCHW",
+        "preprocessing": prep.to_dict(), "mean": list(prep.mean), "std": list(prep.std),
+        "resize_size": prep.resize_size, "crop_size": prep.crop_size, "precision": "fp32",
+        "producer_versions": package_versions(("resnet-deploy", "torch", "onnx", "onnxscript", "onnxslim")),
+        "producer": f"resnet-deploy {__version__}",
+    }
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    """Run the whole export. Raises UsageError for bad input, CheckFailedError when parity fails."""
+    cfg.validate()
+    out = ensure_dir(cfg.resolved_output_dir())
+    spec = resolve_variant(cfg.variant)
+    manifest = Manifest(out)
+    timings: dict[str, float] = {}
+    manifest.set("timings_s", timings)
+    result = ExportResult(output_dir=out, manifest=manifest)
+
+    with stage("load model", timings):
+        model, winfo = create_model(spec.name, weights=cfg.weights, num_classes=cfg.num_classes, seed=cfg.seed)
+        model = make_dynamic(model)
+        module = wrap_head(model, cfg.head, cfg.normalize)
+        layout = "NCHW"
+        if cfg.fuse_preprocess:
+            from ..models.preprocessing import FusedPreprocess
+
+            module = FusedPreprocess(module, winfo.preprocessing).eval()
+            layout = "NHWC"
+    output_name = "embedding" if cfg.head == "embedding" else "logits"
+    out_dim = spec.num_features if cfg.head == "embedding" else winfo.num_classes
+    meta = _metadata(cfg, spec, winfo, winfo.num_classes, out_dim)
+    manifest.data.update({
+        "variant": spec.name, "weights": winfo.to_dict(), "head": cfg.head, "normalize": cfg.normalize,
+        "num_classes": winfo.num_classes, "output": {"name": output_name, "dim": out_dim},
+        "input": {"name": "input", "layout": meta["input_layout"],
+                  "dtype": "uint8" if cfg.fuse_preprocess else "float32",
+                  "shape": ["batch", "height", "width", 3] if cfg.fuse_preprocess else ["batch", 3, "height", "width"],
+                  "dynamic_dims": ["batch", "height", "width"], "min_spatial": MIN_SPATIAL},
+        "preprocessing": winfo.preprocessing.to_dict(), "opset": cfg.opset, "exporter": cfg.exporter,
+        "check_shapes": [list(s) for s in cfg.check_shapes],
+    })
+
+    fp32 = out / f"{cfg.stem}.onnx"
+    with stage(f"export ONNX ({cfg.exporter}, opset {cfg.opset})", timings):
+        facts = export_onnx(module, fp32, opset=cfg.opset, exporter=cfg.exporter, output_name=output_name,
+                            simplify_graph=cfg.simplify, metadata=meta, layout=layout,
+                            sample=_sample(layout))
+    result.artifacts["fp32"] = fp32
+    manifest.add_artifact(fp32, precision="fp32", backend="onnxruntime", role="model", **facts)
+
+    with stage("verify FP32 ONNX against PyTorch", timings):
+        report = verify(fp32, module, cfg.check_shapes, precision="fp32", seed=cfg.seed,
+                        tolerances=cfg.fp32_tolerances, layout=layout)
+    _record(result, "fp32", report)
+
+    if cfg.fp16:
+        _fp16_stage(cfg, result, module, layout, timings)
+    if cfg.int8:
+        _int8_stage(cfg, result, module, timings)
+    if cfg.fp16 or cfg.int8:
+        _engine_stage(cfg, result, timings)
+    manifest.save()
+    if not result.passed:
+        failed = [k for k, r in result.parity.items() if not r.passed]
+        raise CheckFailedError(f"parity check failed for {', '.join(failed)}; artifacts kept in '{out}' for "
+                               f"inspection (see manifest.json)")
+    return result
+
+
+def _sample(layout: str):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    if layout == "NHWC":
+        return torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=g)
+    return torch.randn(2, 3, 224, 224, generator=g)
+
+
+def _record(result: ExportResult, key: str, report: ParityReport) -> None:
+    result.parity[key] = report
+    result.manifest.data["parity"][key] = report.to_dict()
+    log.info("%s parity: %s", key, "ok" if report.passed else "FAILED")
+    result.manifest.save()
+
+
+def _fp16_stage(cfg: ExportConfig, result: ExportResult, module: Any, layout: str, timings: dict) -> None:
+    from .fp16 import convert_to_fp16
+
+    fp16 = result.output_dir / f"{cfg.stem}.fp16.onnx"
+    with stage("convert to FP16 ONNX", timings):
+        convert_to_fp16(result.artifacts["fp32"], fp16, keep_io_types=True)
+    result.artifacts["fp16"] = fp16
+    result.manifest.add_artifact(fp16, precision="fp16", backend="tensorrt", role="model",
+                                 source=result.artifacts["fp32"].name, keep_io_types=True)
+    with stage("verify FP16 ONNX against PyTorch (ONNX Runtime CPU)", timings):
+        _record(result, "fp16", verify(fp16, module, cfg.check_shapes, precision="fp16", seed=cfg.seed,
+                                       layout=layout))
+
+
+def _int8_stage(cfg: ExportConfig, result: ExportResult, module: Any, timings: dict) -> None:
+    from ..calibration import quantize_export
+
+    quantize_export(cfg, result, module, timings)
+
+
+def _engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None:
+    if cfg.engine == "never":
+        result.notes.append("no TensorRT engine built: --engine never")
+        result.manifest.data["engine"] = {"built": False, "reason": "--engine never"}
+        return
+    from ..runtime.tensorrt import tensorrt_usable
+
+    usable, reason = tensorrt_usable()
+    if not usable:
+        if cfg.engine == "always":
+            raise UsageError(f"--engine always, but no engine can be built here: {reason}")
+        note = f"no TensorRT engine built: {reason}"
+        result.notes.append(note)
+        result.manifest.data["engine"] = {"built": False, "reason": reason}
+        log.warning(note)
+        return
+    from ..runtime.tensorrt import build_and_check
+
+    build_and_check(cfg, result, timings)

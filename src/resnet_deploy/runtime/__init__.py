@@ -1,0 +1,87 @@
+"""One runner interface over every backend: torch, onnxruntime, openvino, tensorrt.
+
+    with load_runner("exports/resnet50/resnet50.onnx") as runner:
+        logits = runner.infer(batch)
+
+Adding a backend is one module plus an entry in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError
+from .base import InputError, Runner, RunnerInfo, TensorSpec
+
+log = logging.getLogger(__name__)
+
+#: backend name -> "module:Class", imported only when chosen.
+BACKENDS: dict[str, str] = {
+    "torch": "resnet_deploy.runtime.torch_runner:TorchRunner",
+    "onnxruntime": "resnet_deploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+    "openvino": "resnet_deploy.runtime.openvino_runner:OpenVINORunner",
+    "tensorrt": "resnet_deploy.runtime.tensorrt.runner:TensorRTRunner",
+}
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+
+
+def backend_class(name: str) -> type[Runner]:
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend '{name}'; choose one of: {', '.join(BACKEND_CHOICES)}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose_backend(artifact: Any, backend: str = "auto", device: str = "cpu") -> str:
+    """The backend for ``artifact``: engines -> tensorrt, ONNX -> the fastest usable on this machine
+    (openvino on a CPU when installed, else onnxruntime), modules and variant names -> torch."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKEND_CHOICES)}")
+        return backend
+    if isinstance(artifact, nn.Module):
+        return "torch"
+    suffix = Path(os.fspath(artifact)).suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix == ".onnx":
+        if device.startswith("cuda"):
+            return "onnxruntime"
+        return "openvino" if openvino_available() else "onnxruntime"
+    if suffix in (".pth", ".pt", ".safetensors", ".bin"):
+        raise UsageError(f"'{artifact}' is a checkpoint; pass --variant V --weights {artifact} for the torch "
+                         "backend")
+    return "torch"  # a variant name
+
+
+def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Runner:
+    """A runner for an ONNX file, an engine, an ``nn.Module``, or a variant name (+ ``weights=``)."""
+    chosen = choose_backend(artifact, backend, device)
+    log.info("backend: %s (for %s)", chosen, artifact if not isinstance(artifact, nn.Module) else "module")
+    cls = backend_class(chosen)
+    if chosen == "torch":
+        if isinstance(artifact, nn.Module):
+            return cls(artifact, device=device, **kwargs)
+        return cls.from_variant(str(artifact), device=device, **kwargs)
+    if isinstance(artifact, nn.Module):
+        raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
+    path = os.fspath(artifact)
+    if not os.path.isfile(path):
+        raise UsageError(f"artifact '{path}' does not exist")
+    return cls(path, device=device, **kwargs)
+
+
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "InputError", "Runner", "RunnerInfo", "TensorSpec", "backend_class",
+           "choose_backend", "load_runner", "openvino_available"]
