@@ -70,7 +70,7 @@ class Metrics:
     max_abs_rel: float
     ref_max: float
     cosine: float
-    centered_cosine: float
+    centered_cosine: float | None  # None when only one row was checked (nothing to center on)
     top1: float
     top5: float
     passed: bool = True
@@ -100,7 +100,8 @@ class ParityReport:
         return {"max_abs": max(m.max_abs for m in self.results),
                 "max_rel": max(m.max_rel for m in self.results),
                 "min_cosine": min(m.cosine for m in self.results),
-                "min_centered_cosine": min(m.centered_cosine for m in self.results),
+                "min_centered_cosine": min((m.centered_cosine for m in self.results if m.centered_cosine is not None),
+                                           default=None),
                 "min_top1": min(m.top1 for m in self.results),
                 "min_top5": min(m.top5 for m in self.results)}
 
@@ -119,10 +120,14 @@ class ParityReport:
                  f"{self.reference.get('backend')}:{self.reference.get('precision', 'fp32')}", head]
         for m in self.results:
             lines.append(f"{'x'.join(map(str, m.shape)):<16}{m.output[:10]:<11}{m.max_abs:>10.2e}{m.max_rel:>10.2e}"
-                         f"{m.cosine:>10.6f}{m.centered_cosine:>10.6f}{m.top1:>7.2f}{m.top5:>7.2f}  "
+                         f"{m.cosine:>10.6f}{_fmt(m.centered_cosine):>10}{m.top1:>7.2f}{m.top5:>7.2f}  "
                          + ("ok" if m.passed else "FAIL: " + "; ".join(m.failures)))
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
 
 
 def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +146,8 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
 
 def metrics(ref: np.ndarray, cand: np.ndarray, center: np.ndarray | None, tol: Tolerances, *, shape: tuple[int, ...],
             output: str) -> Metrics:
-    """Metrics of one output for one input batch. ``center`` is the mean reference row to subtract."""
+    """Metrics of one output for one input batch. ``center`` is the mean reference row over every
+    checked input (None when there was only one row: centered cosine is then not defined)."""
     ref = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
     cand = np.asarray(cand, dtype=np.float64).reshape(len(cand), -1)
     if ref.shape != cand.shape:
@@ -149,7 +155,6 @@ def metrics(ref: np.ndarray, cand: np.ndarray, center: np.ndarray | None, tol: T
     diff = np.abs(ref - cand)
     ref_max = float(np.max(np.abs(ref))) if ref.size else 0.0
     floor = max(tol.rel_floor * ref_max, 1e-12)
-    c = center if center is not None else ref.mean(axis=0)
     top1_ref, top1_cand = _topk(ref, 1)[:, 0], _topk(cand, 1)[:, 0]
     top5_cand = _topk(cand, 5)
     m = Metrics(
@@ -158,7 +163,7 @@ def metrics(ref: np.ndarray, cand: np.ndarray, center: np.ndarray | None, tol: T
         max_rel=float(np.max(diff / np.maximum(np.abs(ref), floor))),
         max_abs_rel=float(diff.max() / max(ref_max, 1e-12)), ref_max=ref_max,
         cosine=float(np.min(_cos_rows(ref, cand))),
-        centered_cosine=float(np.min(_cos_rows(ref - c, cand - c))),
+        centered_cosine=None if center is None else float(np.min(_cos_rows(ref - center, cand - center))),
         top1=float(np.mean(top1_ref == top1_cand)),
         top5=float(np.mean([r in row for r, row in zip(top1_ref, top5_cand)])),
     )
@@ -168,6 +173,8 @@ def metrics(ref: np.ndarray, cand: np.ndarray, center: np.ndarray | None, tol: T
               ("top-1 agreement", m.top1, tol.min_top1, ">="),
               ("top-5 agreement", m.top5, tol.min_top5, ">=")]
     for name, value, bar, op in checks:
+        if value is None:
+            continue
         ok = value <= bar if op == "<=" else value >= bar
         if not ok or not np.isfinite(value):
             m.failures.append(f"{name} {value:.3g} (need {op} {bar:g})")

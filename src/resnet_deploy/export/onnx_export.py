@@ -38,7 +38,7 @@ MIN_SPATIAL = 32
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def _validate_opset(opset: int, exporter: str) -> None:
+def validate_opset(opset: int, exporter: str) -> None:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}'; choose one of: {', '.join(EXPORTERS)}")
     if not 13 <= opset <= MAX_OPSET:
@@ -146,7 +146,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike[str], *, opset: int =
     """
     import onnx
 
-    _validate_opset(opset, exporter)
+    validate_opset(opset, exporter)
     module = module.eval()
     if sample is None:
         sample = torch.randn(*sample_shape, generator=torch.Generator().manual_seed(0))

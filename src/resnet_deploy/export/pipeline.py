@@ -24,7 +24,7 @@ from ..parity import ParityReport, Tolerances, compare, seeded_inputs, tolerance
 from ..progress import stage
 from .dynamic import make_dynamic
 from .manifest import Manifest, package_versions
-from .onnx_export import DEFAULT_OPSET, MIN_SPATIAL, export_onnx
+from .onnx_export import DEFAULT_OPSET, MIN_SPATIAL, export_onnx, validate_opset
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class ExportConfig:
             raise UsageError("--engine always builds a TensorRT engine from the FP16 or INT8 ONNX: add --fp16 "
                              "or --int8")
         validate_check_shapes(self.check_shapes)
+        validate_opset(self.opset, self.exporter)
 
 
 @dataclass
@@ -123,9 +124,12 @@ class ExportResult:
         for key, path in self.artifacts.items():
             rep = self.parity.get(key)
             size = f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "-"
-            verdict = "-" if rep is None else ("ok" if rep.passed else "FAILED") + \
-                f" (max abs {rep.worst().get('max_abs', float('nan')):.1e}, " \
-                f"cent.cos {rep.worst().get('min_centered_cosine', float('nan')):.5f})"
+            verdict = "-"
+            if rep is not None:
+                worst = rep.worst()
+                ccos = worst.get("min_centered_cosine")
+                verdict = ("ok" if rep.passed else "FAILED") + f" (max abs {worst.get('max_abs', float('nan')):.1e}" \
+                    + (f", cent.cos {ccos:.5f})" if ccos is not None else ")")
             rows.append((key, str(path), size, verdict))
         return rows
 
@@ -169,7 +173,17 @@ def _metadata(cfg: ExportConfig, spec: Any, winfo: Any, num_classes: int, out_di
 def export_model(cfg: ExportConfig) -> ExportResult:
     """Run the whole export. Raises UsageError for bad input, CheckFailedError when parity fails."""
     cfg.validate()
+    existed = cfg.resolved_output_dir().exists()
     out = ensure_dir(cfg.resolved_output_dir())
+    try:
+        return _export(cfg, out)
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # failed before writing anything: leave no empty directory behind
+        raise
+
+
+def _export(cfg: ExportConfig, out: Path) -> ExportResult:
     spec = resolve_variant(cfg.variant)
     manifest = Manifest(out)
     timings: dict[str, float] = {}

@@ -1,0 +1,359 @@
+"""Activation ranges: run the FP32 graph on ONNX Runtime with every activation exposed, keep each
+tensor's min, max and a histogram of ``|x|``, then turn them into a clipping threshold ``amax``.
+
+Methods (``amax`` is the magnitude beyond which values are clipped):
+
+* ``minmax``: the largest magnitude seen. Nothing is clipped; rare outliers stretch the scale.
+* ``entropy``: TensorRT's entropy calibration (``EntropyCalibration2``): among thresholds
+  ``i * bin_width`` for ``i`` in ``[num_quantized_bins, num_bins]``, the one whose 128-level
+  quantization of the ``|x|`` histogram loses the least information (smallest KL divergence).
+  Needs a fine histogram: ``num_bins >= 2048`` (with 128 bins and 128 levels every candidate is the
+  max, which is why ``quantize_static(calibrate_method=Entropy)`` with ONNX Runtime's defaults
+  gives the MinMax ranges). As in NVIDIA's pytorch-quantization, the first bin (exact zeros after
+  ReLU) is replaced by its neighbour so the zeros do not dominate the divergence.
+* ``percentile``: the ``percentile``-th percentile of ``|x|`` (default 99.99).
+
+The histogram keeps a fixed number of bins over ``[0, hist_max]``; when a batch exceeds
+``hist_max`` the range doubles and pairs of bins merge, so re-binning is exact (no interpolation)
+and the result does not depend on the batch order more than one halving of resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_NUM_BINS = 2048
+MIN_NUM_BINS = 2048
+#: int8 has 128 levels per sign (0..127), the quantized histogram TensorRT compares against.
+NUM_QUANTIZED_BINS = 128
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor over the calibration batches."""
+
+    name: str
+    num_bins: int = DEFAULT_NUM_BINS
+    min: float = math.inf
+    max: float = -math.inf
+    hist_max: float = 0.0
+    hist: np.ndarray | None = None
+    count: int = 0
+
+    def update(self, x: np.ndarray, histogram: bool = True) -> None:
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        if not np.all(np.isfinite(x)):
+            raise UsageError(f"tensor '{self.name}' has NaN or infinite values during calibration: is the input "
+                             "prepared correctly (float32, normalized)?")
+        lo, hi = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += int(x.size)
+        if not histogram:
+            return
+        amax = max(abs(lo), abs(hi))
+        if self.hist is None:
+            self.hist = np.zeros(self.num_bins, dtype=np.int64)
+            self.hist_max = amax if amax > 0 else 1e-8
+        while amax > self.hist_max:
+            self._double()
+        a = np.abs(x, dtype=np.float32).ravel()
+        idx = (a * np.float32(self.num_bins / self.hist_max)).astype(np.int64)
+        np.minimum(idx, self.num_bins - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=self.num_bins)
+
+    def _double(self) -> None:
+        """Double the histogram range: bins 2k and 2k+1 merge into bin k (exact)."""
+        h = self.hist
+        merged = h.reshape(-1, 2).sum(axis=1)
+        self.hist = np.concatenate([merged, np.zeros(self.num_bins - len(merged), dtype=np.int64)])
+        self.hist_max *= 2.0
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+
+def entropy_amax(hist: np.ndarray, hist_max: float, num_quantized_bins: int = NUM_QUANTIZED_BINS,
+                 zero_bin_fix: bool = True) -> float:
+    """TensorRT's entropy calibration on a histogram of ``|x|`` over ``[0, hist_max]``.
+
+    For each candidate ``i`` (bins kept), P is the first ``i`` bins with the tail folded into the
+    last one; Q quantizes the first ``i`` bins into ``num_quantized_bins`` groups and spreads each
+    group's mass evenly over its non-empty bins. The threshold is the upper edge of the bin ``i``
+    with the smallest KL(P || Q) (the last one on ties).
+    """
+    hist = np.asarray(hist, dtype=np.float64).copy()
+    n = len(hist)
+    if n < num_quantized_bins:
+        raise UsageError(f"entropy calibration needs at least {num_quantized_bins} histogram bins, got {n}")
+    if zero_bin_fix and n > 1:
+        hist[0] = hist[1]
+    total = hist.sum()
+    if total <= 0:
+        return float(hist_max)
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    nonzero = hist > 0
+    best_i, best_kl = n, math.inf
+    for i in range(num_quantized_bins, n + 1):
+        p = hist[:i].copy()
+        p[-1] += tail[i]
+        groups = (np.arange(i) * num_quantized_bins) // i
+        mask = nonzero[:i]
+        sums = np.bincount(groups, weights=hist[:i], minlength=num_quantized_bins)
+        counts = np.bincount(groups[mask], minlength=num_quantized_bins)
+        q = np.where(mask, sums[groups] / np.maximum(counts[groups], 1), 0.0)
+        pos = p > 0
+        if np.any(pos & (q <= 0)):
+            kl = math.inf
+        else:
+            ps, qs = p[pos] / p.sum(), q[pos] / q.sum()
+            kl = float(np.sum(ps * np.log(ps / qs)))
+        if kl <= best_kl:
+            best_kl, best_i = kl, i
+    return float(best_i * hist_max / n)
+
+
+def percentile_amax(hist: np.ndarray, hist_max: float, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """The upper edge of the bin where the cumulative share of ``|x|`` reaches ``percentile``."""
+    if not 0 < percentile <= 100:
+        raise UsageError(f"percentile must be in (0, 100], got {percentile}")
+    hist = np.asarray(hist, dtype=np.float64)
+    total = hist.sum()
+    if total <= 0:
+        return float(hist_max)
+    cdf = np.cumsum(hist) / total
+    idx = int(np.searchsorted(cdf, percentile / 100.0 - 1e-12, side="left"))
+    idx = min(idx, len(hist) - 1)
+    return float((idx + 1) * hist_max / len(hist))
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """The calibrated range of one tensor: observed ``min``/``max`` and the clipping ``amax``."""
+
+    min: float
+    max: float
+    amax: float
+
+    @property
+    def rmin(self) -> float:
+        """The asymmetric lower bound after clipping (for uint8 activations)."""
+        return max(self.min, -self.amax)
+
+    @property
+    def rmax(self) -> float:
+        return min(self.max, self.amax)
+
+    @property
+    def int8_scale(self) -> float:
+        """Symmetric int8 scale (zero point 0), what TensorRT uses: ``amax / 127``."""
+        return max(self.amax, 1e-12) / 127.0
+
+    def uint8_params(self) -> tuple[float, int]:
+        """Asymmetric uint8 (scale, zero point) as ONNX Runtime computes them: the range is widened
+        to include 0, then mapped onto 0..255."""
+        lo, hi = min(self.rmin, 0.0), max(self.rmax, 0.0)
+        if hi - lo <= 0:
+            return 1.0, 0
+        scale = (hi - lo) / 255.0
+        zp = int(round(-lo / scale))
+        return float(scale), int(min(max(zp, 0), 255))
+
+    def to_dict(self) -> dict[str, Any]:
+        scale, zp = self.uint8_params()
+        return {"min": self.min, "max": self.max, "amax": self.amax,
+                "int8": {"scale": self.int8_scale, "zero_point": 0},
+                "uint8": {"scale": scale, "zero_point": zp, "rmin": self.rmin, "rmax": self.rmax}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorRange":
+        return cls(min=float(d["min"]), max=float(d["max"]), amax=float(d["amax"]))
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """How stats turn into ranges."""
+
+    method: str = "entropy"
+    percentile: float = DEFAULT_PERCENTILE
+    num_bins: int = DEFAULT_NUM_BINS
+    num_quantized_bins: int = NUM_QUANTIZED_BINS
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown calibration method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.method == "entropy" and self.num_bins < MIN_NUM_BINS:
+            raise UsageError(f"entropy calibration needs a histogram of at least {MIN_NUM_BINS} bins, got "
+                             f"{self.num_bins}: with fewer, every threshold is the max and it equals minmax")
+        if self.num_bins < 2 or self.num_bins & (self.num_bins - 1):
+            raise UsageError(f"num_bins must be a power of two >= 2, got {self.num_bins}")
+
+    @property
+    def needs_histogram(self) -> bool:
+        return self.method != "minmax"
+
+    def params(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.method != "percentile":
+            d.pop("percentile")
+        if self.method == "minmax":
+            d.pop("num_bins")
+            d.pop("num_quantized_bins")
+        return d
+
+
+def amax_of(stats: TensorStats, cfg: MethodConfig) -> float:
+    if cfg.method == "minmax" or stats.hist is None:
+        return stats.absmax
+    if cfg.method == "percentile":
+        return min(percentile_amax(stats.hist, stats.hist_max, cfg.percentile), stats.absmax)
+    return min(entropy_amax(stats.hist, stats.hist_max, cfg.num_quantized_bins), stats.absmax)
+
+
+def compute_ranges(stats: dict[str, TensorStats], cfg: MethodConfig) -> dict[str, TensorRange]:
+    cfg.validate()
+    out = {}
+    for name, s in stats.items():
+        if s.count == 0:
+            continue
+        out[name] = TensorRange(min=float(s.min), max=float(s.max), amax=float(amax_of(s, cfg)))
+    return out
+
+
+# -- collection on ONNX Runtime -----------------------------------------------------------------
+
+_FLOAT_TYPES = (1,)  # onnx.TensorProto.FLOAT
+
+
+def activation_tensors(model: Any) -> list[str]:
+    """Names of the float activations of ``model`` (graph inputs and node outputs, not weights)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        types[v.name] = v.type.tensor_type.elem_type
+    initializers = {i.name for i in model.graph.initializer}
+    names: list[str] = []
+    for v in model.graph.input:
+        if v.name not in initializers and types.get(v.name) in _FLOAT_TYPES:
+            names.append(v.name)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        for out in node.output:
+            if out and types.get(out) in _FLOAT_TYPES and out not in names:
+                names.append(out)
+    return names
+
+
+def augmented_model(model: Any, tensors: Sequence[str]) -> Any:
+    """A copy of ``model`` with every tensor in ``tensors`` added as a graph output."""
+    import onnx
+
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    existing = {o.name for o in aug.graph.output}
+    for name in tensors:
+        if name not in existing:
+            aug.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return aug
+
+
+class RangeCollector:
+    """Runs batches through an augmented copy of an ONNX model and keeps per-tensor statistics."""
+
+    def __init__(self, onnx_path: str | os.PathLike[str], *, tensors: Sequence[str] | None = None,
+                 histogram: bool = True, num_bins: int = DEFAULT_NUM_BINS, threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.load(os.fspath(onnx_path))
+        self.tensors = list(tensors) if tensors is not None else activation_tensors(model)
+        self.input_name = next(i.name for i in model.graph.input
+                               if i.name not in {t.name for t in model.graph.initializer})
+        self.histogram = histogram
+        self.stats = {name: TensorStats(name, num_bins=num_bins) for name in self.tensors}
+        aug = augmented_model(model, self.tensors)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        with tempfile.TemporaryDirectory(prefix="resnet-deploy-calib.") as tmp:
+            path = Path(tmp) / "augmented.onnx"
+            onnx.save_model(aug, str(path))
+            try:
+                self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UsageError(f"onnxruntime cannot run '{onnx_path}' for calibration: {first}") from exc
+        self._outputs = [o.name for o in self.session.get_outputs() if o.name in self.stats]
+        self.batches = 0
+        self.images = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        try:
+            outs = self.session.run(self._outputs, {self.input_name: batch})
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"calibration batch of shape {'x'.join(map(str, batch.shape))} failed: {first}") from exc
+        for name, value in zip(self._outputs, outs):
+            self.stats[name].update(value, histogram=self.histogram)
+        self.batches += 1
+        self.images += int(batch.shape[0])
+
+
+@dataclass
+class Calibration:
+    """The result of one calibration: ranges per tensor and what produced them."""
+
+    ranges: dict[str, TensorRange]
+    method: MethodConfig
+    num_images: int
+    num_batches: int
+    batch_shape: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def calibrate(onnx_path: str | os.PathLike[str], batches: Iterable[np.ndarray], method: MethodConfig, *,
+              total: int | None = None, tensors: Sequence[str] | None = None,
+              threads: int | None = None) -> Calibration:
+    """Collect statistics of ``onnx_path`` (a pre-processed FP32 model) over ``batches`` and compute the
+    ranges with ``method``."""
+    from ..progress import track
+
+    method.validate()
+    collector = RangeCollector(onnx_path, tensors=tensors, histogram=method.needs_histogram,
+                               num_bins=method.num_bins, threads=threads)
+    shape: list[int] = []
+    for batch in track(batches, total=total, desc=f"calibrating ({method.method})", unit="batch"):
+        if not shape:
+            shape = [int(d) for d in np.shape(batch)]
+        collector.update(batch)
+    if collector.batches == 0:
+        raise UsageError("calibration got no batches")
+    ranges = compute_ranges(collector.stats, method)
+    log.info("calibrated %d tensors on %d images (%d batches of %s)", len(ranges), collector.images,
+             collector.batches, "x".join(map(str, shape)))
+    return Calibration(ranges=ranges, method=method, num_images=collector.images, num_batches=collector.batches,
+                       batch_shape=shape)

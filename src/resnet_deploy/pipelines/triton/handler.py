@@ -1,0 +1,168 @@
+"""What the Python-backend model does with a batch of Triton requests, free of Triton itself.
+
+The ``model.py`` written into each Python-backend entry is a thin shim: it turns Triton's requests
+into arrays, calls :meth:`RequestHandler.handle`, and turns the results (an array, or an exception
+for a request that failed) back into responses. The work is the shared
+:class:`~resnet_deploy.pipelines.embedder.Embedder`, so Triton answers exactly what the local
+``embed`` command computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import UsageError
+
+log = logging.getLogger(__name__)
+
+INPUT_KINDS = ("tensor", "bytes")
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """The ``parameters`` of a Python-backend entry's config.pbtxt."""
+
+    artifact: Path
+    input_kind: str = "tensor"  # tensor | bytes
+    runner_backend: str = "auto"
+    device: str = "cpu"
+    head: str = ""
+    batch_size: int = 32
+    decode_workers: int | None = None
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], version_dir: Path,
+                        device_id: int | None = None) -> "HandlerConfig":
+        kind = params.get("input_kind", "tensor")
+        if kind not in INPUT_KINDS:
+            raise UsageError(f"parameter input_kind '{kind}' is not one of {', '.join(INPUT_KINDS)}")
+        artifact = version_dir / params.get("artifact", "model.onnx")
+        if not artifact.is_file():
+            raise UsageError(f"the model file '{artifact}' is missing from the repository entry")
+        device = params.get("device", "cpu") or "cpu"
+        if device == "cuda" and device_id is not None:
+            device = f"cuda:{device_id}"
+        workers = params.get("decode_workers")
+        return cls(artifact=artifact, input_kind=kind, runner_backend=params.get("runner_backend", "auto") or "auto",
+                   device=device, head=params.get("head", ""), batch_size=int(params.get("batch_size", 32) or 32),
+                   decode_workers=int(workers) if workers else None)
+
+
+class RequestHandler:
+    """One model instance: an Embedder (or, for a logits head, the same machinery as ImageModel)."""
+
+    def __init__(self, cfg: HandlerConfig) -> None:
+        from ..embedder import Embedder, ImageModel
+
+        self.cfg = cfg
+        cls = ImageModel if cfg.head == "logits" else Embedder
+        self.model = cls(cfg.artifact, backend=cfg.runner_backend, device=cfg.device, batch_size=cfg.batch_size,
+                         workers=cfg.decode_workers)
+        self._pool: ThreadPoolExecutor | None = None
+        if cfg.input_kind == "bytes":
+            self._pool = ThreadPoolExecutor(self.model.workers, thread_name_prefix="triton-decode")
+        log.info("Triton %s model on %s", cfg.input_kind, self.model.describe())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.model.close()
+
+    def handle(self, arrays: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """One array per request (``(b, 1)`` encoded images for bytes, ``(b, ...)`` tensors otherwise)
+        -> one ``(b, D)`` float32 array or an exception per request, in order. A bad request fails
+        alone; the others in the same batch are answered."""
+        if self.cfg.input_kind == "bytes":
+            return self._handle_bytes(arrays)
+        return self._handle_tensors(arrays)
+
+    # -- encoded images --------------------------------------------------------------------------------
+    def _decode(self, request: int, element: int, data: Any) -> np.ndarray:
+        if isinstance(data, np.ndarray):  # a 0-d object array
+            data = data.item()
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+            raise UsageError(f"image {element} of the request is empty or not bytes")
+        try:
+            return self.model.prepare(bytes(data))
+        except UsageError as exc:
+            raise UsageError(f"image {element} of the request: {exc}") from exc
+        except Exception as exc:  # a decoder failure must not end the model instance
+            raise UsageError(f"image {element} of the request: cannot decode: {type(exc).__name__}: {exc}") from exc
+
+    def _handle_bytes(self, arrays: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        if self._pool is None:
+            raise UsageError("this model instance does not decode images")
+        futures = []
+        for r, arr in enumerate(arrays):
+            flat = np.asarray(arr, dtype=object).reshape(-1)
+            futures.append([self._pool.submit(self._decode, r, i, x) for i, x in enumerate(flat)])
+        results: list[np.ndarray | Exception] = []
+        rows: list[np.ndarray] = []
+        owners: list[tuple[int, int]] = []  # (request, row count)
+        for r, futs in enumerate(futures):
+            try:
+                decoded = [f.result() for f in futs]
+            except Exception as exc:  # noqa: BLE001 - becomes this request's error response
+                results.append(exc)
+                continue
+            if not decoded:
+                results.append(UsageError("the request holds no image"))
+                continue
+            results.append(np.empty(0))  # placeholder, filled below
+            owners.append((r, len(decoded)))
+            rows.extend(decoded)
+        if rows:
+            try:
+                out = self.model.run_batch(np.stack(rows))
+            except Exception as exc:  # noqa: BLE001 - every request of this batch gets the error
+                for r, _ in owners:
+                    results[r] = exc
+                return results
+            start = 0
+            for r, n in owners:
+                results[r] = out[start:start + n]
+                start += n
+        return results
+
+    # -- tensors ---------------------------------------------------------------------------------------
+    def _handle_tensors(self, arrays: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        results: list[np.ndarray | Exception] = [np.empty(0)] * len(arrays)
+        groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
+        for r, arr in enumerate(arrays):  # requests of one shape run as one batch
+            groups.setdefault((tuple(arr.shape[1:]), arr.dtype.str), []).append(r)
+        for members in groups.values():
+            batch = np.concatenate([arrays[r] for r in members]) if len(members) > 1 else arrays[members[0]]
+            try:
+                out = self.model.run_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - the requests of this shape get the error
+                for r in members:
+                    results[r] = exc
+                continue
+            start = 0
+            for r in members:
+                n = len(arrays[r])
+                results[r] = out[start:start + n]
+                start += n
+        return results
+
+
+def from_triton_args(args: Mapping[str, Any], model_config: Mapping[str, Any]) -> RequestHandler:
+    """A handler from the ``args`` Triton passes to ``TritonPythonModel.initialize``."""
+    params = {k: (v.get("string_value", "") if isinstance(v, Mapping) else str(v))
+              for k, v in (model_config.get("parameters") or {}).items()}
+    version_dir = Path(args["model_repository"]) / str(args["model_version"])
+    device_id = args.get("model_instance_device_id")
+    cfg = HandlerConfig.from_parameters(params, version_dir,
+                                        int(device_id) if device_id not in (None, "") else None)
+    return RequestHandler(cfg)
+
+
+__all__ = ["HandlerConfig", "INPUT_KINDS", "RequestHandler", "from_triton_args"]

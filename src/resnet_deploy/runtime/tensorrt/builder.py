@@ -1,0 +1,471 @@
+"""ONNX -> TensorRT engine, one code path for TensorRT 10 and 11.
+
+Every network is strongly typed: TensorRT 11 knows nothing else, and on 10.x the
+``STRONGLY_TYPED`` creation flag gives the same behaviour. The precision therefore comes from the
+ONNX (FP16 graph -> FP16 engine, Q/DQ graph -> INT8 engine) and no precision flag is ever set.
+The build uses only what both majors offer: ``OnnxParser``, optimization profiles, the workspace
+memory pool, the builder optimization level, ``ITimingCache``, ``IProgressMonitor``,
+``build_serialized_network``, and the hardware/version compatibility options.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..._io import sha256_file, write_bytes
+from ...artifacts import engine_manifest_path, read_metadata
+from ...errors import MissingDependencyError, UsageError
+from ...progress import bar
+from .manifest import HARDWARE_COMPATIBILITY, EngineManifest, MachineInfo
+from .profiles import Profile, check_shapes, default_profiles, profiles_from_args, validate_profiles
+
+log = logging.getLogger(__name__)
+trt_log = logging.getLogger("resnet_deploy.tensorrt")  # TensorRT's own messages
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+NO_DEVICE = "no usable CUDA device"
+
+
+class EngineBuildError(UsageError):
+    """TensorRT could not build the engine (the message carries TensorRT's last errors)."""
+
+
+def import_tensorrt(feature: str = "TensorRT engines") -> Any:
+    """``import tensorrt`` or one clear error naming the package to install."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise MissingDependencyError("tensorrt", feature, "tensorrt") from exc
+    return trt
+
+
+_LOGGER: Any = None
+
+
+def trt_logger(trt: Any) -> Any:
+    """The process-wide TensorRT logger (TensorRT wants one), routed to ``resnet_deploy.tensorrt``:
+    TensorRT's INFO and VERBOSE go to DEBUG, so ``-v`` shows them. It remembers the last errors."""
+    global _LOGGER
+    if _LOGGER is not None:
+        return _LOGGER
+    sev = trt.ILogger.Severity
+    levels = {sev.INTERNAL_ERROR: logging.CRITICAL, sev.ERROR: logging.ERROR, sev.WARNING: logging.WARNING,
+              sev.INFO: logging.DEBUG, sev.VERBOSE: logging.DEBUG - 5}
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.min_severity = sev.VERBOSE if trt_log.isEnabledFor(logging.DEBUG - 5) else (
+                sev.INFO if trt_log.isEnabledFor(logging.DEBUG) else sev.WARNING)
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = levels.get(severity, logging.INFO)
+            if level >= logging.ERROR:
+                self.errors = (self.errors + [msg])[-5:]
+            trt_log.log(level, "%s", msg)
+
+    _LOGGER = _Logger()
+    return _LOGGER
+
+
+def create_builder(trt: Any) -> Any:
+    """``trt.Builder`` or a plain error: without a usable CUDA device its constructor raises
+    ``TypeError: pybind11::init(): factory function returned nullptr`` after a CUDA log line."""
+    try:
+        return trt.Builder(trt_logger(trt))
+    except TypeError as exc:
+        last = trt_logger(trt).errors[-1:] or [str(exc)]
+        raise UsageError(f"TensorRT {trt.__version__} cannot create a builder: {NO_DEVICE} ({last[0]})") from exc
+
+
+def tensorrt_usable(device: int = 0) -> tuple[bool, str]:
+    """Whether engines can be built and run here: ``(True, 'TensorRT X on GPU (sm Y)')`` or
+    ``(False, reason)``. Needs TensorRT, a CUDA binding for the runner, and a usable CUDA device."""
+    try:
+        trt = import_tensorrt()
+    except MissingDependencyError:
+        return False, "TensorRT is not installed (pip install tensorrt)"
+    from .cuda import get_backend
+
+    try:
+        cuda = get_backend()
+    except MissingDependencyError as exc:
+        return False, str(exc)
+    try:
+        count = cuda.device_count()
+    except UsageError as exc:
+        return False, f"{NO_DEVICE}: {exc}"
+    if count <= device:
+        return False, f"{NO_DEVICE}: CUDA reports {count} device(s), device {device} was asked for"
+    try:
+        create_builder(trt)
+        with cuda.activate(device):
+            dev = cuda.device_info(device)
+    except UsageError as exc:
+        return False, str(exc)
+    return True, f"TensorRT {trt.__version__} on {dev.name} (compute capability {dev.cc}, {cuda.name})"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How an engine is built. Precision is not here: it comes from the ONNX (strong typing)."""
+
+    profiles: tuple[Profile, ...] = field(default_factory=lambda: tuple(default_profiles()))
+    workspace_gib: float | None = None  # None: TensorRT's default (the device's memory)
+    opt_level: int | None = None  # builder optimization level 0..5; None: TensorRT's default (3)
+    timing_cache: Path | None = None  # loaded when present, saved after the build
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"  # none | ampere+ | same-compute-capability
+    profile_copies: int = 1  # each profile this many times: one per thread running the engine at once
+    tf32: bool = True  # TensorRT's default; FP32 layers may use TF32 tensor cores
+    device: int = 0
+
+    @classmethod
+    def from_options(cls, *, min_shapes: Sequence[str] | None = None, opt_shapes: Sequence[str] | None = None,
+                     max_shapes: Sequence[str] | None = None, **fields: Any) -> "BuildConfig":
+        """From CLI-style options: ``--min/--opt/--max-shape`` strings plus any field of this class."""
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown engine option(s) {', '.join(sorted(unknown))}; known: min_shapes, "
+                             f"opt_shapes, max_shapes, {', '.join(cls.__dataclass_fields__)}")
+        if fields.get("timing_cache") is not None:
+            fields["timing_cache"] = Path(fields["timing_cache"])
+        profiles = tuple(profiles_from_args(min_shapes, opt_shapes, max_shapes))
+        return cls(profiles=profiles, **fields)
+
+    def validate(self) -> None:
+        validate_profiles(self.profiles)
+        if self.workspace_gib is not None and not self.workspace_gib > 0:
+            raise UsageError(f"--workspace must be a positive number of GiB, got {self.workspace_gib}")
+        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
+            raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {self.opt_level}")
+        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise UsageError(f"unknown --hardware-compatibility '{self.hardware_compatibility}'; choose one of: "
+                             + ", ".join(HARDWARE_COMPATIBILITY))
+        if not 1 <= self.profile_copies <= 16:
+            raise UsageError(f"--profile-copies must be 1..16, got {self.profile_copies}")
+        if self.timing_cache is not None and Path(self.timing_cache).is_dir():
+            raise UsageError(f"--timing-cache '{self.timing_cache}' is a directory; give a file path")
+        if self.device < 0:
+            raise UsageError(f"device must be >= 0, got {self.device}")
+
+    def flags(self) -> dict[str, Any]:
+        """The options recorded in the engine manifest (and used to rebuild it)."""
+        return {"workspace_gib": self.workspace_gib, "opt_level": self.opt_level,
+                "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+                "profile_copies": self.profile_copies, "tf32": self.tf32, "strongly_typed": True}
+
+
+@dataclass
+class EngineBuildResult:
+    engine: Path
+    manifest_path: Path
+    manifest: EngineManifest
+    build_seconds: float
+    timing_cache: Path | None = None
+    timing_cache_loaded: bool = False
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": str(self.engine), "manifest": str(self.manifest_path), "precision": self.precision,
+                "build_seconds": self.build_seconds, "size_bytes": self.engine.stat().st_size,
+                "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+                "timing_cache_loaded": self.timing_cache_loaded, "tensorrt": self.manifest.tensorrt,
+                "compute_capability": self.manifest.compute_capability,
+                "profiles": [p.to_dict() for p in self.manifest.profiles]}
+
+
+def onnx_precision(path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
+    """The precision an ONNX carries: its ``precision`` metadata, else Q/DQ nodes -> int8, FP16
+    initializers -> fp16, BF16 -> bf16, otherwise fp32."""
+    meta = metadata if metadata is not None else read_metadata(path)
+    if meta.get("precision") in PRECISIONS:
+        return str(meta["precision"])
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    types = {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in types:
+        return "fp16"
+    if onnx.TensorProto.BFLOAT16 in types:
+        return "bf16"
+    return "fp32"
+
+
+def _parse_errors(parser: Any) -> str:
+    """The parser's errors, each with the ONNX node name and operator when TensorRT reports them."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        name = _call(err, "node_name")
+        op = _call(err, "node_operator")
+        index = _call(err, "node")
+        if name:
+            where = f"node '{name}'" + (f" ({op})" if op else "")
+        elif isinstance(index, int) and index >= 0:
+            where = f"node #{index}" + (f" ({op})" if op else "")
+        else:
+            where = "graph"
+        lines.append(f"{where}: {_call(err, 'desc')} [{_call(err, 'code')}]")
+    return "; ".join(lines) or "no details from the parser"
+
+
+def _call(obj: Any, name: str) -> Any:
+    fn = getattr(obj, name, None)
+    try:
+        return fn() if callable(fn) else fn
+    except Exception:  # noqa: BLE001 - optional detail of an error report
+        return None
+
+
+def _progress_monitor(trt: Any) -> Any:
+    """An ``IProgressMonitor`` that drives one progress bar per build phase (builds take minutes)."""
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, Any] = {}
+            self.depth: dict[str, int] = {}
+            self.cancelled = False
+            self.timing_cache: Any = None
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            try:
+                self.depth[phase_name] = self.depth.get(parent_phase, -1) + 1 if parent_phase else 0
+                trt_log.debug("build phase %s (%d steps)", phase_name, num_steps)
+                self.bars[phase_name] = bar(total=max(int(num_steps), 1), unit="step",
+                                            desc="  " * self.depth[phase_name] + phase_name)
+            except KeyboardInterrupt:
+                self.cancelled = True
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            try:
+                b = self.bars.get(phase_name)
+                if b is not None:
+                    b.update(min(int(step) + 1, b.total) - b.n)
+            except KeyboardInterrupt:
+                self.cancelled = True
+            return not self.cancelled  # False cancels the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            b = self.bars.pop(phase_name, None)
+            if b is not None:
+                b.close()
+
+    return _Monitor()
+
+
+def _dtype_name(trt: Any, dt: Any) -> str:
+    import numpy as np
+
+    try:
+        return np.dtype(trt.nptype(dt)).name
+    except (TypeError, KeyError):
+        return str(dt).split(".")[-1].lower()
+
+
+def _tensor_info(trt: Any, t: Any) -> dict[str, Any]:
+    return {"name": t.name, "dtype": _dtype_name(trt, t.dtype), "shape": [int(d) for d in t.shape]}
+
+
+def _configure(trt: Any, builder: Any, network: Any, cfg: BuildConfig) -> tuple[Any, Any, bool]:
+    """The builder config (profiles, memory, optimization level, compatibility, timing cache, progress
+    monitor), the monitor, and whether a timing cache was loaded."""
+    config = builder.create_builder_config()
+    if network.num_inputs != 1:
+        names = [network.get_input(i).name for i in range(network.num_inputs)]
+        raise UsageError(f"the network has {network.num_inputs} inputs ({', '.join(names)}); profiles here "
+                         "describe one NCHW image input")
+    inp = network.get_input(0)
+    declared = [int(d) for d in inp.shape]
+    validate_profiles(cfg.profiles, input_shape=[d if d >= 0 else None for d in declared])
+    for _ in range(cfg.profile_copies):
+        for p in cfg.profiles:
+            profile = builder.create_optimization_profile()
+            profile.set_shape(inp.name, p.min, p.opt, p.max)
+            config.add_optimization_profile(profile)
+    if cfg.workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * 2**30))
+    if cfg.opt_level is not None:
+        config.builder_optimization_level = int(cfg.opt_level)
+    if not cfg.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if cfg.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if cfg.hardware_compatibility != "none":
+        level_name = {"ampere+": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}[
+            cfg.hardware_compatibility]
+        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), level_name, None)
+        if level is None:
+            raise UsageError(f"TensorRT {trt.__version__} does not offer --hardware-compatibility "
+                             f"{cfg.hardware_compatibility}")
+        config.hardware_compatibility_level = level
+    data = b""
+    if cfg.timing_cache is not None and Path(cfg.timing_cache).is_file():
+        data = Path(cfg.timing_cache).read_bytes()
+    cache = config.create_timing_cache(data)
+    loaded = config.set_timing_cache(cache, ignore_mismatch=False) is not False
+    if data and not loaded:
+        log.warning("timing cache '%s' was made by another TensorRT version or GPU; starting an empty one",
+                    cfg.timing_cache)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    loaded = loaded and bool(data)
+    if loaded:
+        log.info("timing cache loaded: %s (%.1f kB)", cfg.timing_cache, len(data) / 1e3)
+    monitor = _progress_monitor(trt)
+    config.progress_monitor = monitor
+    monitor.timing_cache = cache  # the config refers to both: keep them alive as long as it is
+    return config, monitor, loaded
+
+
+def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
+                 config: BuildConfig | None = None, *, metadata: dict[str, Any] | None = None) -> EngineBuildResult:
+    """Build ``engine_path`` from ``onnx_path`` and write ``<engine>.json`` beside it.
+
+    ``metadata`` (default: the ONNX's toolkit metadata, with its preprocessing record) goes into the
+    manifest so runners and embedders find the preprocessing. Raises UsageError for bad input or
+    when TensorRT or a GPU is missing, EngineBuildError when TensorRT fails.
+    """
+    cfg = config or BuildConfig()
+    cfg.validate()  # before any TensorRT work
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise UsageError(f"ONNX file '{onnx_path}' does not exist")
+    if engine_path.suffix.lower() == ".onnx":
+        raise UsageError(f"--output '{engine_path}' ends in .onnx; engines are written as .engine or .plan")
+    meta = dict(read_metadata(onnx_path) if metadata is None else metadata)
+    if str(meta.get("input_layout", "NCHW")).startswith("NHWC"):
+        raise UsageError(f"'{onnx_path}' takes uint8 NHWC images (fused preprocessing); engine profiles here are "
+                         "NCHW: export without --fuse-preprocess to build an engine")
+    precision = onnx_precision(onnx_path, meta)
+    trt = import_tensorrt("building TensorRT engines")
+    builder = create_builder(trt)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # always on in 11, opt-in in 10
+    network = builder.create_network(1 << int(flag) if flag is not None else 0)
+    parser = trt.OnnxParser(network, trt_logger(trt))
+    if not parser.parse_from_file(str(onnx_path)):
+        raise UsageError(f"TensorRT {trt.__version__} cannot parse '{onnx_path}': {_parse_errors(parser)}")
+    bconfig, monitor, loaded = _configure(trt, builder, network, cfg)
+    log.info("building a %s engine from %s with TensorRT %s (%d profile(s)%s); this takes minutes", precision,
+             onnx_path.name, trt.__version__, len(cfg.profiles) * cfg.profile_copies,
+             ", timing cache loaded" if loaded else "")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, bconfig)
+    seconds = round(time.perf_counter() - t0, 2)
+    if serialized is None:
+        errors = "; ".join(trt_logger(trt).errors[-3:]) or "no error message (run with -v for TensorRT's log)"
+        reason = "cancelled" if monitor.cancelled else "failed"
+        raise EngineBuildError(f"TensorRT {trt.__version__} {reason} building '{engine_path}' from "
+                               f"'{onnx_path}': {errors}")
+    write_bytes(engine_path, bytes(serialized))
+    if cfg.timing_cache is not None:
+        write_bytes(cfg.timing_cache, bytes(bconfig.get_timing_cache().serialize()))
+    machine = MachineInfo.probe(cfg.device)
+    meta["precision"] = precision
+    manifest = EngineManifest(
+        precision=precision, tensorrt=str(trt.__version__),
+        compute_capability=machine.compute_capability or "unknown", profiles=list(cfg.profiles) * cfg.profile_copies,
+        gpu_name=machine.gpu_name, cuda_driver=machine.cuda_driver, cuda_runtime=machine.cuda_runtime,
+        engine=engine_path.name, engine_sha256=sha256_file(engine_path), onnx=str(onnx_path),
+        onnx_sha256=sha256_file(onnx_path), built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        build_seconds=seconds, hardware_compatibility=cfg.hardware_compatibility,
+        version_compatible=cfg.version_compatible, flags=cfg.flags(),
+        inputs=[_tensor_info(trt, network.get_input(i)) for i in range(network.num_inputs)],
+        outputs=[_tensor_info(trt, network.get_output(i)) for i in range(network.num_outputs)], metadata=meta)
+    manifest_path = manifest.save(engine_path)
+    log.info("engine written: %s (%.1f MB, %.1fs)", engine_path, engine_path.stat().st_size / 1e6, seconds)
+    return EngineBuildResult(engine=engine_path, manifest_path=manifest_path, manifest=manifest,
+                             build_seconds=seconds, timing_cache=cfg.timing_cache, timing_cache_loaded=loaded)
+
+
+def engine_check_shapes(profiles: Sequence[Profile]) -> list[tuple[int, ...]]:
+    """Min, opt, max and an off-grid shape of every distinct profile."""
+    shapes: list[tuple[int, ...]] = []
+    for p in dict.fromkeys(profiles):
+        shapes += [s for s in check_shapes(p) if s not in shapes]
+    return shapes
+
+
+def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequence[Sequence[int]] | None = None,
+                 seed: int = 0, backend: str | None = None, update_manifest: bool = True) -> Any:
+    """Parity of ``engine`` against ``reference`` (an ONNX path, run on ONNX Runtime, or any Runner)
+    at min, opt, max and an off-grid shape of each profile. The result goes into the manifest."""
+    from ...parity import compare, seeded_inputs, tolerances_for
+    from ..base import Runner
+    from .manifest import read_manifest
+    from .runner import TensorRTRunner
+
+    manifest = read_manifest(engine)
+    if shapes is None:
+        if manifest is None:
+            raise UsageError(f"'{engine}' has no manifest; pass the shapes to check")
+        shapes = engine_check_shapes(manifest.profiles)
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    with TensorRTRunner(engine, backend=backend) as cand:
+        precision = cand.info.precision
+        # TF32 has FP16's 10-bit mantissa: an FP32 engine that may use it is held to FP16's bars
+        tf32 = precision == "fp32" and (manifest is None or manifest.flags.get("tf32", True))
+        tol = tolerances_for("fp16" if tf32 else precision if precision in PRECISIONS else "fp32")
+        if isinstance(reference, Runner):
+            report = compare(reference, cand, seeded_inputs(shapes, seed), precision=precision, tolerances=tol)
+        else:
+            from ..onnxruntime_runner import OnnxRuntimeRunner
+            import onnxruntime as ort
+
+            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+            with OnnxRuntimeRunner(reference, device=device) as ref:
+                report = compare(ref, cand, seeded_inputs(shapes, seed), precision=precision, tolerances=tol)
+    if update_manifest and manifest is not None:
+        manifest.parity = {"passed": report.passed, "reference": report.reference, "worst": report.worst(),
+                           "shapes": [list(s) for s in shapes], "tolerances": tol.to_dict(), "seed": seed}
+        manifest.save(engine)
+    return report
+
+
+def build_and_check(cfg: Any, result: Any, timings: dict[str, float]) -> None:
+    """The engine stage of ``resnet-export``: an engine from the FP16 ONNX and from the TensorRT Q/DQ
+    ONNX (whichever the export wrote), each checked against the FP32 ONNX, recorded in the manifest."""
+    from ...progress import stage
+
+    bcfg = BuildConfig.from_options(**dict(cfg.engine_options))
+    sources = [(key, path) for key, path in result.artifacts.items() if key in ("fp16", "int8.tensorrt")]
+    if not sources:
+        raise UsageError("no FP16 or TensorRT INT8 ONNX to build an engine from: add --fp16, or --int8 with "
+                         "--int8-target tensorrt")
+    built = {}
+    for key, onnx_path in sources:
+        precision = key.split(".")[0]
+        engine = Path(onnx_path).with_suffix(".engine")
+        with stage(f"build TensorRT {precision} engine", timings):
+            br = build_engine(onnx_path, engine, bcfg)
+        with stage(f"verify {precision} engine against the FP32 ONNX", timings):
+            report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed)
+        name = f"engine.{precision}"
+        result.artifacts[name] = engine
+        result.parity[name] = report
+        result.manifest.data["parity"][name] = report.to_dict()
+        result.manifest.add_artifact(engine, precision=precision, backend="tensorrt", role="engine",
+                                     source=Path(onnx_path).name, engine_manifest=engine_manifest_path(engine).name,
+                                     tensorrt=br.manifest.tensorrt, compute_capability=br.manifest.compute_capability,
+                                     build_seconds=br.build_seconds, profiles=[p.to_dict() for p in bcfg.profiles])
+        built[precision] = str(engine.name)
+    result.manifest.data["engine"] = {"built": True, "engines": built}
+    result.manifest.save()
+
+
+__all__ = ["BuildConfig", "EngineBuildError", "EngineBuildResult", "build_and_check", "build_engine", "check_engine",
+           "create_builder", "engine_check_shapes", "import_tensorrt", "onnx_precision", "tensorrt_usable",
+           "trt_logger"]

@@ -1,0 +1,327 @@
+"""Preprocessing against an independent implementation of torchvision's documented ImageNet recipe.
+
+torchvision cannot be imported beside the CPU torch here, so the reference below re-implements
+``Resize(int) -> CenterCrop -> ToTensor -> Normalize`` from their documentation: the short side
+becomes ``size`` and the long side ``int(size * long / short)``; PIL resizes (``Image.resize``,
+bilinear, ``reducing_gap=None``); the crop is zero-padded when too small and taken at
+``int(round((size - crop) / 2))``; ToTensor is ``uint8 / 255`` and Normalize ``(x - mean) / std``
+as float32 torch ops.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_deploy.errors import UsageError
+from resnet_deploy.models.preprocessing import (FusedPreprocess, ImageError, list_images, load_image, preprocess,
+                                                preprocess_many, preprocess_uint8)
+from resnet_deploy.models.transforms import IMAGENET_V1, IMAGENET_V2, Preprocessing
+
+skdata = pytest.importorskip("skimage.data")
+
+
+def reference(img: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """torchvision's documented transforms, written out (PIL in, CHW float32 tensor out)."""
+    w, h = img.size
+    size = prep.resize_size
+    if w <= h:
+        out_w, out_h = size, int(size * h / w)
+    else:
+        out_w, out_h = int(size * w / h), size
+    if (out_w, out_h) != (w, h):
+        img = img.resize((out_w, out_h), Image.BILINEAR, reducing_gap=None)
+    crop = prep.crop_size
+    if crop > out_w or crop > out_h:
+        left = (crop - out_w) // 2 if crop > out_w else 0
+        top = (crop - out_h) // 2 if crop > out_h else 0
+        padded = Image.new("RGB", (max(crop, out_w), max(crop, out_h)), (0, 0, 0))
+        padded.paste(img, (left, top))
+        img = padded
+    w2, h2 = img.size
+    top = int(round((h2 - crop) / 2.0))
+    left = int(round((w2 - crop) / 2.0))
+    img = img.crop((left, top, left + crop, top + crop))
+    t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    t = t.to(torch.float32).div(255)  # ToTensor
+    mean = torch.as_tensor(prep.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(prep.std, dtype=torch.float32).view(-1, 1, 1)
+    return t.sub(mean).div(std)  # Normalize
+
+
+def assert_matches(ours: np.ndarray, ref: torch.Tensor) -> None:
+    assert ours.dtype == np.float32
+    assert ours.shape == tuple(ref.shape)
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    files = {}
+    for name, arr in (("chelsea", skdata.chelsea()), ("coffee", skdata.coffee()), ("astronaut", skdata.astronaut())):
+        for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
+            path = d / f"{name}.{ext}"
+            Image.fromarray(arr).save(path, format=fmt, quality=90)
+            files[f"{name}.{ext}"] = path
+    return files
+
+
+# -- equivalence on real photos ------------------------------------------------------------------
+
+@pytest.mark.parametrize("prep", [IMAGENET_V1, IMAGENET_V2, Preprocessing(resize_size=72, crop_size=64)],
+                         ids=["v1-256-224", "v2-232-224", "72-64"])
+@pytest.mark.parametrize("name", ["chelsea.jpg", "coffee.png", "astronaut.jpg"])
+def test_matches_torchvision_recipe_on_photos(photos, name, prep):
+    path = photos[name]
+    with Image.open(path) as im:
+        ref = reference(im.convert("RGB"), prep)
+    assert_matches(preprocess(path, prep), ref)
+
+
+def test_resized_geometry_follows_torchvision_rounding():
+    # chelsea is 451x300 (w x h): short side 300 -> 256, long side int(256 * 451 / 300) = int(384.85) = 384;
+    # crop offsets: top round((256 - 224) / 2) = 16, left round((384 - 224) / 2) = 80.
+    arr = skdata.chelsea()
+    img = Image.fromarray(arr)
+    resized = np.asarray(img.resize((384, 256), Image.BILINEAR, reducing_gap=None))
+    expected = resized[16:16 + 224, 80:80 + 224]
+    np.testing.assert_array_equal(preprocess_uint8(img, IMAGENET_V1), expected)
+
+
+def test_crop_offset_rounds_half_to_even():
+    # 96 -> resize 96 (no-op, short side already 96) x 225 wide; crop 64: left = round(161 / 2) = round(80.5) = 80
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (96, 225, 3), dtype=np.uint8)
+    out = preprocess_uint8(arr, Preprocessing(resize_size=96, crop_size=64))
+    np.testing.assert_array_equal(out, arr[16:80, 80:144])
+
+
+def test_no_resize_when_short_side_already_matches():
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 256, (256, 300, 3), dtype=np.uint8)
+    out = preprocess_uint8(arr, IMAGENET_V1)
+    np.testing.assert_array_equal(out, arr[16:240, 38:262])  # left = round(76 / 2) = 38
+
+
+def test_crop_larger_than_image_is_zero_padded():
+    prep = Preprocessing(resize_size=40, crop_size=64)
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))  # stays 50x40 (short side 40)
+    out = preprocess(img, prep)
+    assert_matches(out, reference(img, prep))
+    # padding: left (64 - 50) // 2 = 7, top (64 - 40) // 2 = 12 -> those borders hold normalized black
+    black = (0.0 - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    np.testing.assert_allclose(out[:, :12, :], np.broadcast_to(black[:, None, None], (3, 12, 64)), atol=1e-6)
+    np.testing.assert_allclose(out[:, :, :7], np.broadcast_to(black[:, None, None], (3, 64, 7)), atol=1e-6)
+    assert not np.allclose(out[:, 12:52, 7:57], black[:, None, None])
+
+
+# -- odd images ----------------------------------------------------------------------------------
+
+def test_one_pixel_image():
+    img = Image.new("RGB", (1, 1), (10, 128, 250))
+    out = preprocess(img, IMAGENET_V1)
+    assert out.shape == (3, 224, 224)
+    assert_matches(out, reference(img, IMAGENET_V1))
+    expected = (np.array([10, 128, 250], np.float32) / np.float32(255) - np.asarray(IMAGENET_V1.mean, np.float32)) \
+        / np.asarray(IMAGENET_V1.std, np.float32)
+    np.testing.assert_allclose(out, np.broadcast_to(expected[:, None, None], out.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(10000, 10), (10, 10000)])
+def test_extreme_aspect_ratio(size):
+    rng = np.random.default_rng(4)
+    w, h = size
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    out = preprocess(img, IMAGENET_V1)
+    ref = reference(img, IMAGENET_V1).numpy()
+    assert out.shape == ref.shape == (3, 224, 224)
+    # resampled in the crop window only: within one grey level of the full resize
+    step = 1 / 255 / min(IMAGENET_V1.std)
+    assert np.abs(out - ref).max() <= step + 1e-5
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    rng = np.random.default_rng(5)
+    gray = rng.integers(0, 256, (90, 120), dtype=np.uint8)
+    path = tmp_path / "gray.png"
+    Image.fromarray(gray, mode="L").save(path)
+    img = load_image(path)
+    assert img.mode == "RGB"
+    arr = np.asarray(img)
+    for c in range(3):
+        np.testing.assert_array_equal(arr[:, :, c], gray)
+    assert_matches(preprocess(path, IMAGENET_V1), reference(Image.fromarray(gray).convert("RGB"), IMAGENET_V1))
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(skdata.coffee()).convert("CMYK").save(path, quality=95)
+    with Image.open(path) as im:
+        assert im.mode == "CMYK"
+        expected = np.asarray(im.convert("RGB"))
+    img = load_image(path)
+    assert img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img), expected)
+    assert preprocess(path, IMAGENET_V1).shape == (3, 224, 224)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 80, dtype=np.uint32).reshape(64, 80) * 13 % 65536).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")  # Pillow keeps 16 bits
+    arr = np.asarray(load_image(path))
+    expected = np.round(ramp / 257.0).astype(np.uint8)  # 0..65535 -> 0..255
+    np.testing.assert_array_equal(arr[:, :, 0], expected)
+    assert arr.max() > 200 and arr.min() < 50  # neither clipped white nor truncated
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(skdata.chelsea()).save(good, quality=90)
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(ImageError, match="truncated.jpg"):
+        load_image(bad)
+    with pytest.raises(ImageError, match="truncated"):
+        preprocess(bad, IMAGENET_V1)
+    assert isinstance(ImageError("x"), UsageError)
+
+
+@pytest.mark.parametrize("payload", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
+def test_undecodable_bytes(payload):
+    with pytest.raises(ImageError, match="bytes"):
+        load_image(payload)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rng = np.random.default_rng(6)
+    arr = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.png"
+    Image.fromarray(arr).save(path, exif=exif)
+    img = load_image(path)
+    assert img.size == (40, 70)
+    np.testing.assert_array_equal(np.asarray(img), np.rot90(arr, k=-1))
+
+
+def test_palette_with_transparency_and_alpha(tmp_path):
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(16)
+    pal.info["transparency"] = 0
+    path = tmp_path / "pal.png"
+    pal.save(path, transparency=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "palette images with transparency" warning
+        img = load_image(path)
+    assert img.mode == "RGB"
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(np.asarray(img), np.asarray(im.convert("RGBA"))[:, :, :3])
+    rgba = np.dstack([rgb, rng.integers(0, 256, (32, 48), dtype=np.uint8)])
+    np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(rgba, "RGBA"))), rgb)
+
+
+def test_sources_agree(photos):
+    path = photos["chelsea.png"]
+    by_path = preprocess(path, IMAGENET_V1)
+    np.testing.assert_array_equal(preprocess(str(path), IMAGENET_V1), by_path)
+    np.testing.assert_array_equal(preprocess(path.read_bytes(), IMAGENET_V1), by_path)
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(preprocess(im, IMAGENET_V1), by_path)
+    np.testing.assert_array_equal(preprocess(skdata.chelsea(), IMAGENET_V1), by_path)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((3, 40, 40), np.uint8), "channels-first"),
+    (np.zeros((40, 40, 3), np.float32), "float"),
+    (np.zeros((2, 40, 40, 3), np.uint8), "HxW"),
+    (np.zeros((0, 5, 3), np.uint8), "empty"),
+    (12345, "int"),
+])
+def test_bad_arrays_and_types(bad, match):
+    with pytest.raises(ImageError, match=match):
+        load_image(bad)
+
+
+def test_unknown_interpolation_is_rejected():
+    with pytest.raises(UsageError, match="interpolation"):
+        preprocess(np.zeros((8, 8, 3), np.uint8), Preprocessing(interpolation="cubic-ish"))
+
+
+# -- batches, uint8 path, listing ----------------------------------------------------------------
+
+def test_preprocess_many_threads_equal_sequential(photos):
+    paths = [photos[k] for k in sorted(photos)]
+    prep = Preprocessing(resize_size=72, crop_size=64)
+    batch = preprocess_many(paths, prep, workers=3)
+    assert batch.shape == (len(paths), 3, 64, 64) and batch.dtype == np.float32
+    for row, p in zip(batch, paths):
+        np.testing.assert_array_equal(row, preprocess(p, prep))
+    u8 = preprocess_many(paths, prep, workers=2, uint8=True)
+    assert u8.shape == (len(paths), 64, 64, 3) and u8.dtype == np.uint8
+    np.testing.assert_array_equal(u8[0], preprocess_uint8(paths[0], prep))
+    assert preprocess_many([], prep).shape == (0, 3, 64, 64)
+    with pytest.raises(UsageError, match="workers"):
+        preprocess_many(paths, prep, workers=0)
+
+
+def test_preprocess_many_names_the_bad_file(photos, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ImageError, match="bad.png"):
+        preprocess_many([photos["coffee.png"], bad], IMAGENET_V1, workers=2)
+
+
+def test_list_images(tmp_path):
+    for rel in ("b.jpg", "a/z.PNG", "a/y.webp", "c.txt", "a/deep/x.jpeg", "d.tif", "notes.md"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert found == ["a/deep/x.jpeg", "a/y.webp", "a/z.PNG", "b.jpg", "d.tif"]
+    assert list_images(tmp_path / "b.jpg") == [tmp_path / "b.jpg"]
+    with pytest.raises(UsageError, match="does not exist"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(UsageError, match="not an image"):
+        list_images(tmp_path / "c.txt")
+
+
+# -- fused preprocessing -------------------------------------------------------------------------
+
+def test_fused_preprocess_equals_host_preprocessing(photos):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    prep = Preprocessing(resize_size=72, crop_size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    paths = [photos["chelsea.jpg"], photos["astronaut.png"]]
+    u8 = preprocess_many(paths, prep, uint8=True)
+    fused = FusedPreprocess(net, prep).eval()
+    with torch.no_grad():
+        got = fused(torch.from_numpy(u8))
+        want = net(torch.from_numpy(preprocess_many(paths, prep)))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert set(fused.state_dict()) == {f"model.{k}" for k in net.state_dict()}  # mean/std are not weights
+    assert u8.nbytes * 4 == preprocess_many(paths, prep).nbytes
+
+
+def test_bytes_roundtrip_of_webp_and_gif():
+    arr = skdata.astronaut()[::4, ::4]
+    for fmt in ("WEBP", "GIF", "BMP", "TIFF"):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt)
+        img = load_image(buf.getvalue())
+        assert img.mode == "RGB" and img.size == (arr.shape[1], arr.shape[0])
