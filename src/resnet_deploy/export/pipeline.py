@@ -148,8 +148,6 @@ def verify(onnx_path: Path, reference_module: Any, shapes: tuple[Shape, ...], *,
     from ..runtime.onnxruntime_runner import OnnxRuntimeRunner
     from ..runtime.torch_runner import TorchRunner
 
-    if layout == "NHWC":
-        shapes = tuple((n, h, w, c) for n, c, h, w in shapes)
     with TorchRunner(reference_module) as ref, OnnxRuntimeRunner(onnx_path) as cand:
         if layout == "NHWC":
             ref.inputs = [cand.inputs[0]]  # the wrapped module takes the same uint8 NHWC batch
