@@ -266,11 +266,21 @@ def test_concurrent_infer_from_threads(ov_fp32):
 
 
 @needs_openvino
-def test_threads_hint_streams_are_applied_and_recorded(onnx_path):
-    with load_runner(onnx_path, backend="openvino", threads=1, hint="throughput", streams=2) as runner:
+def test_threads_hint_streams_are_applied_and_recorded(onnx_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("resnet_deploy"), "propagate", True)  # the CLI turns it off
+    with load_runner(onnx_path, backend="openvino", threads=2, hint="throughput", streams=2) as runner:
         d = runner.info.details
-        assert (d["threads"], d["hint"], d["streams"]) == (1, "throughput", 2)
+        assert (d["threads"], d["hint"], d["streams"]) == (2, "throughput", 2)
         assert runner.info.to_dict()["backend"] == "openvino"
+    with load_runner(onnx_path, backend="openvino", threads=1, hint="latency") as runner:
+        assert (runner.info.details["threads"], runner.info.details["streams"]) == (1, 1)
+    # OpenVINO gives each stream at least one thread: what it really runs is recorded, and said
+    with caplog.at_level("WARNING", logger="resnet_deploy.runtime.openvino_runner"):
+        with load_runner(onnx_path, backend="openvino", threads=1, streams=2) as runner:
+            assert runner.info.details["streams"] == 1
+    assert "asked OpenVINO for 2 streams, it runs 1" in caplog.text
     with pytest.raises(UsageError, match="unknown performance hint 'fast'"):
         load_runner(onnx_path, backend="openvino", hint="fast")
     with pytest.raises(UsageError, match="streams"):
@@ -307,13 +317,70 @@ def test_missing_openvino_is_a_clear_usage_error(onnx_path, monkeypatch):
 
 
 def test_missing_openvino_via_the_cli_exits_2(onnx_path, monkeypatch, capsys):
-    from resnet_deploy.cli.main import build_parser, main
+    from resnet_deploy.cli.main import main
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    check = sub.choices.get("check")
-    if check is None or not any("--backend" in a.option_strings for a in check._actions):
-        pytest.skip("the 'check' command with --backend is not implemented yet")
     monkeypatch.setitem(sys.modules, "openvino", None)
-    assert main(["check", str(onnx_path), "--backend", "openvino"]) == 2
+    assert main(["check", str(onnx_path), "--backend", "openvino", "--variant", "18",
+                 "--shapes", "1x3x64x64"]) == 2
     err = capsys.readouterr().err
-    assert "openvino" in err and "pip install" in err
+    assert "error: the OpenVINO backend needs the 'openvino' package" in err and "pip install" in err
+
+
+# -- the CLI with --backend openvino ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(90, 120), (131, 97), (64, 64)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@needs_openvino
+def test_cli_check_with_openvino(onnx_path, capsys):
+    from resnet_deploy.cli.main import main
+
+    assert main(["check", str(onnx_path), "--backend", "openvino", "--variant", "18", "--seed", "0",
+                 "--shapes", "1x3x64x64,2x3x97x131"]) == 0
+    out = capsys.readouterr().out
+    assert "backend: openvino (cpu, fp32)" in out and "PASSED" in out
+
+
+@needs_openvino
+def test_cli_infer_with_openvino_agrees_with_onnxruntime(onnx_path, images, capsys):
+    import json
+
+    from resnet_deploy.cli.main import main
+
+    files = sorted(str(p) for p in images.glob("*.png"))
+    tops = {}
+    for backend in ("openvino", "onnxruntime"):
+        assert main(["infer", "-m", str(onnx_path), "--backend", backend, "--json", "--top-k", "3", *files]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["backend"] == backend
+        tops[backend] = [[k["index"] for k in r["top_k"]] for r in report["results"]]
+    assert len(tops["openvino"]) == 3 and tops["openvino"] == tops["onnxruntime"]
+
+
+@needs_openvino
+def test_cli_embed_with_openvino_agrees_with_onnxruntime(model, images, tmp_path, capsys):
+    from resnet_deploy.cli.main import main
+    from resnet_deploy.export.dynamic import make_dynamic
+    from resnet_deploy.export.onnx_export import export_onnx
+    from resnet_deploy.models.heads import wrap_head
+
+    emb = tmp_path / "resnet18-embedding.onnx"
+    export_onnx(make_dynamic(wrap_head(model, "embedding")), emb, exporter="torchscript", output_name="embedding",
+                sample_shape=(1, 3, SIDE, SIDE))
+    rows = {}
+    for backend in ("openvino", "onnxruntime"):
+        out = tmp_path / f"{backend}.npy"
+        assert main(["embed", "-m", str(emb), "--backend", backend, "-o", str(out), "--batch-size", "2",
+                     str(images)]) == 0
+        assert f"backend: {backend}" in capsys.readouterr().out
+        rows[backend] = np.load(out)
+    assert rows["openvino"].shape == (3, 512)
+    np.testing.assert_allclose(rows["openvino"], rows["onnxruntime"], rtol=0,
+                               atol=1e-4 * np.abs(rows["onnxruntime"]).max())

@@ -19,11 +19,16 @@ A *target* is one thing to time (a runner factory: ``onnxruntime:fp32``, ``torch
 5. Peak host memory per configuration is the process's peak RSS over its blocks: the kernel's
    high-water mark (``VmHWM``), reset before each block through ``/proc/self/clear_refs``. It is
    the whole process (all opened runners' weights included), not one runner's share.
+6. Competition: the CPU time other processes (and the hypervisor) took while each configuration
+   was timed, in cores (``CpuMeter``); a warning when it exceeds a tenth of the CPUs. Backends that
+   split each layer across OpenMP threads (PyTorch eager) slow down far more than in proportion
+   when a core is taken away, so a busy machine can turn a ratio around.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import resource
 import time
@@ -36,6 +41,7 @@ import numpy as np
 from ..errors import ResnetDeployError, UsageError
 from ..progress import bar
 from ..runtime.base import Runner
+from .limits import usable_cpus
 from .stats import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -162,6 +168,7 @@ class Measurement:
     device_stats: LatencyStats | None = None
     peak_rss_mb: float | None = None
     rss_scope: str = "process peak during this configuration"
+    other_cpu_cores: float | None = None  # CPU used by other processes (and the hypervisor) while timing
     gpu_mem_mb: float | None = None
     variant: str | None = None
     artifact: str | None = None
@@ -239,6 +246,42 @@ class HostMemory:
             return None
 
 
+class CpuMeter:
+    """How much CPU *other* processes took while we timed: the machine's busy time (``/proc/stat``,
+    steal time included: a hypervisor giving the core to another VM) minus this process's own CPU
+    time (all its threads, spinning ones too), per second of wall time. 0 on a quiet machine; 1.0
+    means one core's worth of competition."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = self._busy() is not None
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 5:
+            return None
+        return float(sum(fields) - fields[3] - fields[4])  # all but idle and iowait
+
+    def sample(self) -> tuple[float, float, float] | None:
+        busy = self._busy() if self.available else None
+        if busy is None:
+            return None
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return time.monotonic(), busy / self.hz, r.ru_utime + r.ru_stime
+
+    @staticmethod
+    def others(a: tuple[float, float, float] | None, b: tuple[float, float, float] | None) -> tuple[float, float]:
+        """(CPU seconds used by others, wall seconds) between two samples."""
+        if a is None or b is None:
+            return 0.0, 0.0
+        return max(0.0, (b[1] - a[1]) - (b[2] - a[2])), b[0] - a[0]
+
+
 def _gpu_used_mb() -> float | None:
     try:
         import torch
@@ -281,6 +324,8 @@ class _Slot:
     warmup_iterations: int = 0
     peak_rss_mb: float | None = None
     gpu_mem_mb: float | None = None
+    others_cpu_s: float = 0.0
+    others_wall_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -371,11 +416,13 @@ def _warm(slot: _Slot, cfg: BenchConfig, clock: Clock) -> None:
             slot.device_timer.measure()  # warm the staged path as well
 
 
-def _block(slot: _Slot, n_min: int, s_min: float, cfg: BenchConfig, clock: Clock, memory: HostMemory) -> None:
+def _block(slot: _Slot, n_min: int, s_min: float, cfg: BenchConfig, clock: Clock, memory: HostMemory,
+           meter: CpuMeter) -> None:
     memory.reset()
     for _ in range(cfg.round_warmup):
         slot.step()
     times: list[float] = []
+    before = meter.sample()
     start = clock()
     while len(times) < n_min or clock() - start < s_min:
         t0 = clock()
@@ -386,6 +433,9 @@ def _block(slot: _Slot, n_min: int, s_min: float, cfg: BenchConfig, clock: Clock
             own = slot.device_timer.after_iteration()
             if own is not None:
                 slot.device_ms.append(own)
+    cpu_s, wall_s = meter.others(before, meter.sample())
+    slot.others_cpu_s += cpu_s
+    slot.others_wall_s += wall_s
     if slot.device_timer is not None and slot.device_timer.staged is not None:
         slot.device_ms.extend(slot.device_timer.measure() for _ in times)
     slot.times.extend(times)
@@ -399,7 +449,11 @@ def _block(slot: _Slot, n_min: int, s_min: float, cfg: BenchConfig, clock: Clock
             slot.gpu_mem_mb = max(slot.gpu_mem_mb or 0.0, used)
 
 
-def _measurement(slot: _Slot, cfg: BenchConfig, memory: HostMemory) -> Measurement:
+#: Below this much timed wall time the /proc/stat tick (10 ms per CPU) makes the estimate meaningless.
+MIN_METER_WALL_S = 0.2
+
+
+def _measurement(slot: _Slot, cfg: BenchConfig, memory: HostMemory, cpus: int) -> Measurement:
     t, r = slot.target, slot.runner
     stats = LatencyStats.from_seconds(slot.times, slot.batch)
     dev = LatencyStats.from_milliseconds(slot.device_ms, slot.batch) if slot.device_ms else None
@@ -410,7 +464,13 @@ def _measurement(slot: _Slot, cfg: BenchConfig, memory: HostMemory) -> Measureme
                     round_medians_ms=[round(x, 4) for x in slot.round_medians_ms],
                     warmup_iterations=slot.warmup_iterations, device_stats=dev, peak_rss_mb=slot.peak_rss_mb,
                     rss_scope=memory.scope, gpu_mem_mb=slot.gpu_mem_mb, variant=t.variant,
-                    artifact=t.artifact or getattr(r.info, "artifact", None), runner=r.info.to_dict())
+                    artifact=t.artifact or (None if t.backend in TORCH_BACKENDS else r.info.artifact),
+                    runner=r.info.to_dict())
+    if slot.others_wall_s >= MIN_METER_WALL_S:
+        m.other_cpu_cores = round(slot.others_cpu_s / slot.others_wall_s, 3)
+        if m.other_cpu_cores > 0.1 * cpus:
+            m.warnings.append(f"other processes used {m.other_cpu_cores:.2f} of {cpus} CPUs while this was timed: its "
+                              "times include waiting for a core")
     if stats.cv > cfg.cv_warn:
         m.warnings.append(f"high coefficient of variation {stats.cv:.1%} (> {cfg.cv_warn:.0%}): the machine is "
                           "noisy or the run too short; compare medians and ratios, not single numbers")
@@ -440,6 +500,8 @@ def run_benchmark(targets: Sequence[Target], config: BenchConfig, *, clock: Cloc
         raise UsageError(f"duplicate benchmark targets: {', '.join(dupes)}")
     result = BenchResult(config=config)
     memory = HostMemory()
+    meter = CpuMeter()
+    cpus = usable_cpus()
     opened = _open(targets, result.notes)
     try:
         slots = _slots(opened, config, result.notes)
@@ -463,11 +525,11 @@ def run_benchmark(targets: Sequence[Target], config: BenchConfig, *, clock: Cloc
                 k = r % len(live) if live else 0
                 for slot in live[k:] + live[:k]:
                     progress.set_description(f"round {r + 1}/{len(plan)} {slot.name}")
-                    _block(slot, n_min, s_min, config, clock, memory)
+                    _block(slot, n_min, s_min, config, clock, memory, meter)
                     progress.update(1)
                     if config.pause_s:
                         sleep(config.pause_s)
-        result.measurements = [_measurement(s, config, memory) for s in live]
+        result.measurements = [_measurement(s, config, memory, cpus) for s in live]
     finally:
         for _, runner in opened:
             try:

@@ -220,7 +220,8 @@ def _cpuinfo_fields(text: str) -> dict[str, str]:
     return out
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -245,7 +246,12 @@ def _max_ghz_lscpu() -> float | None:
 
 
 def detect_cpu(ghz: float | None = None, *, cpuinfo_text: str | None = None) -> CpuInfo:
-    """Read this machine's CPU (Linux /proc/cpuinfo); ``ghz`` overrides the clock."""
+    """Read this machine's CPU (Linux /proc/cpuinfo); ``ghz`` overrides the clock.
+
+    ``cpuinfo_text`` parses that text instead (another machine's /proc/cpuinfo): the clock then
+    comes from it alone, not from this machine's cpufreq or ``lscpu``.
+    """
+    probe = cpuinfo_text is None
     if cpuinfo_text is None:
         try:
             cpuinfo_text = Path("/proc/cpuinfo").read_text()
@@ -272,9 +278,8 @@ def detect_cpu(ghz: float | None = None, *, cpuinfo_text: str | None = None) -> 
         except ValueError as exc:
             raise UsageError(f"{GHZ_ENV} must be a number of GHz, got '{env}'") from exc
     else:
-        ghz = _max_ghz_sysfs()
-        source = "cpufreq cpuinfo_max_freq"
-        if ghz is None:
+        ghz, source = (_max_ghz_sysfs() if probe else None), "cpufreq cpuinfo_max_freq"
+        if ghz is None and probe:
             ghz, source = _max_ghz_lscpu(), "lscpu CPU max MHz"
         if ghz is None and "cpu MHz" in info:
             try:
@@ -284,7 +289,7 @@ def detect_cpu(ghz: float | None = None, *, cpuinfo_text: str | None = None) -> 
     if ghz is not None and ghz <= 0:
         raise UsageError(f"CPU clock must be > 0 GHz, got {ghz}")
     return CpuInfo(model_name=info.get("model name", "unknown"), vendor=info.get("vendor_id", ""),
-                   family=as_int("cpu family"), model=as_int("model"), logical_cpus=_usable_cpus(),
+                   family=as_int("cpu family"), model=as_int("model"), logical_cpus=usable_cpus(),
                    threads_per_core=tpc, flags=flags, ghz=ghz, ghz_source=source if ghz is not None else "unknown")
 
 

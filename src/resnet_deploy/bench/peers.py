@@ -26,7 +26,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..artifacts import read_metadata
 from ..errors import ResnetDeployError, UsageError
@@ -186,6 +186,8 @@ class _Exports:
             self.paths = reused
             return
         log.info("bench: exporting %s (%s) into %s", cfg.stem, ", ".join(sorted(self.want)), self.sel.workdir)
+        if cfg.int8 and str(cfg.int8_options.get("calib_data", "")).startswith("synthetic"):
+            log.info("bench: INT8 calibrated on synthetic data: the same speed as real data, no accuracy claim")
         error = None
         try:
             result = export_model(cfg)
@@ -291,7 +293,7 @@ def _artifact_targets(sel: Selection, plan: Plan) -> None:
         if why and not (b == "tensorrt" and p == "fp32"):  # an explicit FP32 engine is fine
             plan.notes.append(f"{label}: skipped: {why}")
             continue
-        variant = read_metadata(a).get("variant") if Path(a).suffix.lower() == ".onnx" else None
+        variant = _variant_of(a)
 
         def make(b: str = b, p: str = p, a: str = a) -> Runner:
             if b == "tensorrt":
@@ -301,6 +303,15 @@ def _artifact_targets(sel: Selection, plan: Plan) -> None:
             return _onnx_runner(b, a, p if (b == "openvino" and p == "bf16") else None, sel)
 
         plan.add(Target(label, b, p, make, device=sel.device, variant=variant, artifact=a))
+
+
+def _variant_of(artifact: str) -> str | None:
+    """The variant recorded in an artifact's metadata (for its MAC count), if any."""
+    try:
+        value = read_metadata(artifact).get("variant")
+    except UsageError:
+        return None
+    return str(value) if value else None
 
 
 def _peer_combos(sel: Selection) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ def plot_results(result: BenchResult, path: str | Path, *, title: str | None = N
     require("matplotlib", "the benchmark plot", "plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     labels = list(dict.fromkeys(m.label for m in result.measurements))
     shapes = list(dict.fromkeys(m.shape for m in sorted(result.measurements, key=lambda m: m.height * m.width)))
@@ -55,6 +56,7 @@ def plot_results(result: BenchResult, path: str | Path, *, title: str | None = N
         batches = sorted({m.batch for m in result.measurements})
         ax.set_xticks(batches, [str(b) for b in batches])
     lat_ax.set_yscale("log")
+    lat_ax.yaxis.set_major_formatter(ScalarFormatter())
     lat_ax.set_ylabel("latency per batch, ms (median; bars min..p90)")
     lat_ax.set_title("latency vs batch size")
     thr_ax.set_ylabel("images / s")

@@ -122,7 +122,7 @@ def save_json(result: BenchResult, path: str | Path) -> Path:
 
 CSV_COLUMNS = ("label", "backend", "precision", "precision_used", "device", "batch", "height", "width", "iterations",
                "min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "std_ms", "cv",
-               "throughput_ips", "speedup", "device_median_ms", "peak_rss_mb", "gpu_mem_mb", "gmacs_per_image",
+               "throughput_ips", "speedup", "device_median_ms", "peak_rss_mb", "gpu_mem_mb", "other_cpu_cores", "gmacs_per_image",
                "achieved_gmacs_per_s", "peak_gmacs_per_s", "fraction_of_peak", "artifact")
 
 
@@ -137,7 +137,8 @@ def csv_rows(result: BenchResult) -> list[dict[str, Any]]:
                      "max_ms": s.max_ms, "std_ms": s.std_ms, "cv": s.cv, "throughput_ips": s.throughput,
                      "speedup": m.speedup,
                      "device_median_ms": m.device_stats.median_ms if m.device_stats else None,
-                     "peak_rss_mb": m.peak_rss_mb, "gpu_mem_mb": m.gpu_mem_mb, "gmacs_per_image": m.gmacs_per_image,
+                     "peak_rss_mb": m.peak_rss_mb, "gpu_mem_mb": m.gpu_mem_mb, "other_cpu_cores": m.other_cpu_cores,
+                     "gmacs_per_image": m.gmacs_per_image,
                      "achieved_gmacs_per_s": m.achieved_gmacs_per_s,
                      "peak_gmacs_per_s": m.peak["gmacs_per_s"] if m.peak else None,
                      "fraction_of_peak": m.fraction_of_peak, "artifact": m.artifact})
@@ -183,7 +184,7 @@ def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
 
 def format_table(result: BenchResult) -> str:
     head = ("target", "batch", "size", "n", "median ms", "mean", "p90", "p99", "min", "cv", "img/s",
-            f"x {result.baseline or 'base'}", "% peak", "RSS MB")
+            f"x {result.baseline or 'base'}", "% peak", "RSS MB", "busy")
     rows = []
     for m in sorted(result.measurements, key=lambda m: (m.height * m.width, m.batch)):
         s = m.stats
@@ -191,12 +192,12 @@ def format_table(result: BenchResult) -> str:
         rows.append((label, str(m.batch), m.shape, str(s.n), f"{s.median_ms:.2f}", f"{s.mean_ms:.2f}",
                      f"{s.p90_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.min_ms:.2f}", f"{s.cv:.1%}", f"{s.throughput:.1f}",
                      _fmt(m.speedup, ".2f"), _fmt(None if m.fraction_of_peak is None else 100 * m.fraction_of_peak,
-                                                  ".1f"), _fmt(m.peak_rss_mb, ".0f")))
+                                                  ".1f"), _fmt(m.peak_rss_mb, ".0f"), _fmt(m.other_cpu_cores, ".2f")))
         if m.device_stats is not None:
             d = m.device_stats
             rows.append(("  device compute", "", "", str(d.n), f"{d.median_ms:.2f}", f"{d.mean_ms:.2f}",
                          f"{d.p90_ms:.2f}", f"{d.p99_ms:.2f}", f"{d.min_ms:.2f}", f"{d.cv:.1%}",
-                         f"{d.throughput:.1f}", "", "", ""))
+                         f"{d.throughput:.1f}", "", "", "", ""))
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in (head, *rows)]
@@ -206,11 +207,13 @@ def format_table(result: BenchResult) -> str:
     if cpu:
         lines.append("")
         lines.append(f"CPU: {cpu.get('model_name')} ({cpu.get('microarchitecture')}), "
-                     f"{env.get('cores_used_for_peak')} cores for the peak at {_fmt(cpu.get('ghz'), '.2f', '?')} GHz "
+                     f"{env.get('cores_used_for_peak')} core(s) for the peak at {_fmt(cpu.get('ghz'), '.2f', '?')} GHz "
                      f"[{cpu.get('ghz_source')}]; peaks: " + ", ".join(
                          f"{p} {v['gflops']:.0f} GFLOP/s ({v['isa']})" for p, v in env.get("peaks", {}).items()))
     if result.measurements:
         lines.append("timed: " + result.measurements[0].timed)
+        lines.append("busy: CPUs' worth of time other processes took while each configuration was timed "
+                     "(0 on a quiet machine)")
     for note in result.notes:
         lines.append(f"note: {note}")
     for w in result.warnings:

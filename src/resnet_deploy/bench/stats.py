@@ -45,7 +45,10 @@ def percentile(values: Sequence[float], q: float, method: str = "linear") -> flo
     if method == "linear":
         return float(np.percentile(data, q, method="linear"))
     n = data.size
-    exclude = int((1 - q / 100) * n)
+    # trtexec computes the excluded count in float32: at q=90, n=10 that is int(1.0000002) = 1, where
+    # float64 would give int(0.9999999999999998) = 0 and pick a different rank
+    f32 = np.float32
+    exclude = int((f32(1) - f32(q) / f32(100)) * f32(n))
     return float(data[max(n - 1 - exclude, 0)])
 
 

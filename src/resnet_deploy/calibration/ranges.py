@@ -97,36 +97,48 @@ def entropy_amax(hist: np.ndarray, hist_max: float, num_quantized_bins: int = NU
     last one; Q quantizes the first ``i`` bins into ``num_quantized_bins`` groups and spreads each
     group's mass evenly over its non-empty bins. The threshold is the upper edge of the bin ``i``
     with the smallest KL(P || Q) (the last one on ties).
+
+    All candidates are evaluated at once from prefix sums: with ``h`` the histogram, ``T`` its total,
+    ``c_i`` the mass of the first ``i`` bins and ``S_k``/``n_k`` the mass and non-empty bins of group
+    ``k``, ``T * KL_i = sum h log h - c_i log T - sum_k S_k log(S_k / n_k) + c_i log c_i``, plus the
+    correction of the last bin, which also holds the tail.
     """
-    hist = np.asarray(hist, dtype=np.float64).copy()
-    n = len(hist)
-    if n < num_quantized_bins:
-        raise UsageError(f"entropy calibration needs at least {num_quantized_bins} histogram bins, got {n}")
+    h = np.asarray(hist, dtype=np.float64).copy()
+    n, k_bins = len(h), int(num_quantized_bins)
+    if n < k_bins:
+        raise UsageError(f"entropy calibration needs at least {k_bins} histogram bins, got {n}")
     if zero_bin_fix and n > 1:
-        hist[0] = hist[1]
-    total = hist.sum()
+        h[0] = h[1]
+    total = h.sum()
     if total <= 0:
         return float(hist_max)
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
-    nonzero = hist > 0
-    best_i, best_kl = n, math.inf
-    for i in range(num_quantized_bins, n + 1):
-        p = hist[:i].copy()
-        p[-1] += tail[i]
-        groups = (np.arange(i) * num_quantized_bins) // i
-        mask = nonzero[:i]
-        sums = np.bincount(groups, weights=hist[:i], minlength=num_quantized_bins)
-        counts = np.bincount(groups[mask], minlength=num_quantized_bins)
-        q = np.where(mask, sums[groups] / np.maximum(counts[groups], 1), 0.0)
-        pos = p > 0
-        if np.any(pos & (q <= 0)):
-            kl = math.inf
-        else:
-            ps, qs = p[pos] / p.sum(), q[pos] / q.sum()
-            kl = float(np.sum(ps * np.log(ps / qs)))
-        if kl <= best_kl:
-            best_kl, best_i = kl, i
-    return float(best_i * hist_max / n)
+    nz = h > 0
+    hlogh = np.where(nz, h * np.log(np.where(nz, h, 1.0)), 0.0)
+    cum = np.concatenate([[0.0], np.cumsum(h)])  # cum[i] = sum(h[:i])
+    cnz = np.concatenate([[0], np.cumsum(nz)])
+    chl = np.concatenate([[0.0], np.cumsum(hlogh)])
+    cand = np.arange(k_bins, n + 1)  # bins kept
+    starts = (np.arange(k_bins + 1)[None, :] * cand[:, None] + k_bins - 1) // k_bins  # group k: [start_k, start_k+1)
+    sums = cum[starts[:, 1:]] - cum[starts[:, :-1]]
+    counts = cnz[starts[:, 1:]] - cnz[starts[:, :-1]]
+    ok = sums > 0
+    group_term = np.where(ok, sums * np.log(np.where(ok, sums, 1.0) / np.maximum(counts, 1)), 0.0).sum(axis=1)
+    ci = cum[cand]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ci = np.log(np.where(ci > 0, ci, 1.0))
+        kl = chl[cand] - ci * math.log(total) - group_term + ci * log_ci
+        # the last kept bin also holds the tail: replace its term
+        last = h[cand - 1]
+        tail = total - ci
+        q_last = np.where(counts[:, -1] > 0, sums[:, -1] / np.maximum(counts[:, -1], 1), 0.0)
+        log_q = np.log(np.where(q_last > 0, q_last, 1.0)) - log_ci  # log of the normalised q of the last bin
+        old = np.where(last > 0, last * (np.log(np.where(last > 0, last, 1.0)) - math.log(total) - log_q), 0.0)
+        p_new = last + tail
+        new = np.where(p_new > 0, p_new * (np.log(np.where(p_new > 0, p_new, 1.0)) - math.log(total) - log_q), 0.0)
+        kl = (kl - old + new) / total
+        kl = np.where((last <= 0) & (tail > 0), np.inf, kl)
+    best = len(kl) - 1 - int(np.argmin(kl[::-1]))
+    return float(cand[best] * hist_max / n)
 
 
 def percentile_amax(hist: np.ndarray, hist_max: float, percentile: float = DEFAULT_PERCENTILE) -> float:
@@ -212,6 +224,7 @@ class MethodConfig:
 
     def params(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("method")
         if self.method != "percentile":
             d.pop("percentile")
         if self.method == "minmax":
@@ -228,13 +241,19 @@ def amax_of(stats: TensorStats, cfg: MethodConfig) -> float:
     return min(entropy_amax(stats.hist, stats.hist_max, cfg.num_quantized_bins), stats.absmax)
 
 
-def compute_ranges(stats: dict[str, TensorStats], cfg: MethodConfig) -> dict[str, TensorRange]:
+def compute_ranges(stats: dict[str, TensorStats], cfg: MethodConfig,
+                   full_range: Sequence[str] = ()) -> dict[str, TensorRange]:
+    """Ranges of every tensor with statistics; tensors in ``full_range`` keep their observed range
+    whatever the method (the network input: bounded by the preprocessing, and its histogram is not
+    bell-shaped, so clipping it only cuts off the brightest pixels)."""
     cfg.validate()
+    keep = set(full_range)
     out = {}
     for name, s in stats.items():
         if s.count == 0:
             continue
-        out[name] = TensorRange(min=float(s.min), max=float(s.max), amax=float(amax_of(s, cfg)))
+        amax = s.absmax if name in keep else amax_of(s, cfg)
+        out[name] = TensorRange(min=float(s.min), max=float(s.max), amax=float(amax))
     return out
 
 
@@ -352,7 +371,7 @@ def calibrate(onnx_path: str | os.PathLike[str], batches: Iterable[np.ndarray], 
         collector.update(batch)
     if collector.batches == 0:
         raise UsageError("calibration got no batches")
-    ranges = compute_ranges(collector.stats, method)
+    ranges = compute_ranges(collector.stats, method, full_range=[collector.input_name])
     log.info("calibrated %d tensors on %d images (%d batches of %s)", len(ranges), collector.images,
              collector.batches, "x".join(map(str, shape)))
     return Calibration(ranges=ranges, method=method, num_images=collector.images, num_batches=collector.batches,

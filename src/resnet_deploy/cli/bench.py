@@ -77,6 +77,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                            "torch fp16, onnxruntime CUDA, tensorrt fp16 (CUDA)")
     what.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     what.add_argument("--threads", type=int, help="intra-op threads for every backend (default: each one's own)")
+    what.add_argument("--calib-data", default="synthetic",
+                      help="calibration set of the INT8 export (folder, .npy/.npz, synthetic[:N]); latency does not "
+                           "depend on it (default: synthetic)")
     what.add_argument("--workdir", type=Path,
                       help="where exported artifacts go and are reused from (default: a temporary directory)")
     how = p.add_argument_group("how to measure")
@@ -123,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     selection = Selection(variant=args.variant, weights=args.weights, artifacts=tuple(args.artifacts),
                           backends=tuple(dict.fromkeys(_csv(args.backends, "backends"))),
                           precisions=tuple(dict.fromkeys(_csv(args.precisions, "precisions"))), peers=args.peers,
-                          device=args.device, threads=args.threads, workdir=args.workdir)
+                          device=args.device, threads=args.threads, workdir=args.workdir,
+                          int8_options={"calib_data": args.calib_data})
     cpu = detect_cpu(args.cpu_ghz)
     result = benchmark(selection, config, cpu=cpu, baseline=args.baseline)
     print(format_table(result))

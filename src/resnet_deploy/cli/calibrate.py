@@ -1,7 +1,122 @@
-"""Placeholder: filled in by its issue."""
+"""``resnet-deploy calibrate MODEL.onnx --calib-data DIR --output MODEL.int8.onnx``: INT8 Q/DQ for an
+FP32 ONNX that came from elsewhere (``resnet-export --int8`` runs the same stage after export).
+
+The parity reference is the FP32 ONNX itself on ONNX Runtime (there is no PyTorch module here).
+Exit 0 ok, 1 the INT8 parity check failed (artifacts kept), 2 bad usage or input.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 
-def add_parser(sub, common) -> None:
-    pass
+from ..calibration.qdq import TARGET_CHOICES
+from ..calibration.ranges import DEFAULT_PERCENTILE, METHODS
+from ..calibration.sources import DEFAULT_HOLDOUT, DEFAULT_SIZE
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("calibrate", parents=[common], help="INT8 Q/DQ ONNX from an FP32 ONNX and a calibration set",
+                       description="Calibrate an FP32 ONNX on representative images and write explicit INT8 (Q/DQ) "
+                                   "ONNX for ONNX Runtime (u8s8) and/or TensorRT (symmetric s8s8), the calibration "
+                                   "cache (JSON + TensorRT table) and a parity report on held-out images. "
+                                   "Exit 0 ok, 1 parity failed, 2 bad input.")
+    p.add_argument("model", help="FP32 ONNX (NCHW float32 input, e.g. from resnet-export)")
+    p.add_argument("--calib-data", required=True,
+                   help="folder of images (searched recursively; prepared with the model's preprocessing record), "
+                        "a .npy/.npz of NCHW float32 (preprocessed) or NHWC uint8 images, or 'synthetic[:N]' "
+                        "for a smoke test")
+    p.add_argument("--output", "-o", default=None,
+                   help="INT8 ONNX path (default <model>.int8.<target>.onnx beside the model); with "
+                        "--int8-target both, the target name is inserted: OUT.onnxruntime.onnx, OUT.tensorrt.onnx")
+    p.add_argument("--calib-method", choices=METHODS, default="entropy",
+                   help="activation ranges: entropy (TensorRT's KL, 2048 bins; default), percentile, minmax")
+    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help=f"for --calib-method percentile (default {DEFAULT_PERCENTILE})")
+    p.add_argument("--calib-size", type=int, default=DEFAULT_SIZE,
+                   help=f"images used for calibration (default {DEFAULT_SIZE}; fewer than 500 warns)")
+    p.add_argument("--batch-size", "--calib-batch-size", dest="batch_size", type=int, default=None,
+                   help="calibration batch size (default 8, or N of --shape)")
+    p.add_argument("--shape", "--calib-shape", dest="shape", default=None,
+                   help="calibration shape NxCxHxW, e.g. 8x3x224x224 (default: batch 8 at the record's crop size); "
+                        "pass the engine profile's opt shape here")
+    p.add_argument("--int8-target", choices=TARGET_CHOICES, default="auto",
+                   help="onnxruntime (uint8 activations, fast on VNNI/AMX CPUs), tensorrt (symmetric int8), both; "
+                        "auto: tensorrt when a GPU and TensorRT are usable here, else onnxruntime")
+    p.add_argument("--cache", "--calib-cache", dest="cache", default=None,
+                   help="calibration cache JSON (default <output dir>/<model>.int8.calib.json); reused when it "
+                        "matches, refused when it was made for another model or preprocessing")
+    p.add_argument("--recalibrate", action="store_true", help="calibrate again and overwrite the cache")
+    p.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT,
+                   help=f"images kept aside for the parity check, never calibrated on (default {DEFAULT_HOLDOUT})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image shuffle")
+    p.add_argument("--modelopt", action="store_true",
+                   help="make the tensorrt flavour with NVIDIA ModelOpt (needs nvidia-modelopt)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def _paths(model: Path, output: str | None, targets: list[str]) -> tuple[Path, dict[str, Path]]:
+    """(output directory, target -> INT8 ONNX path)."""
+    stem = model.name[:-len(".onnx")] if model.name.endswith(".onnx") else model.stem
+    if output is None:
+        return model.parent, {t: model.parent / f"{stem}.int8.{t}.onnx" for t in targets}
+    out = Path(output)
+    if len(targets) == 1:
+        return out.parent, {targets[0]: out}
+    base = out.name[:-len(".onnx")] if out.name.endswith(".onnx") else out.name
+    return out.parent, {t: out.with_name(f"{base}.{t}.onnx") for t in targets}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibration.qdq import targets_for
+    from ..calibration.stage import CalibrationConfig, record_in_manifest, run_int8_stage
+    from ..errors import CheckFailedError, UsageError
+    from ..export.manifest import MANIFEST_NAME, Manifest
+    from ..export.pipeline import parse_shape
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise UsageError(f"ONNX file '{model}' does not exist")
+    if model.suffix.lower() != ".onnx":
+        raise UsageError(f"'{model}' is not an .onnx file; calibrate takes an FP32 ONNX")
+    shape = parse_shape(args.shape) if args.shape else None
+    config = CalibrationConfig(calib_data=args.calib_data, method=args.calib_method, percentile=args.percentile,
+                               calib_size=args.calib_size, batch_size=args.batch_size, shape=shape,
+                               target=args.int8_target, holdout=args.holdout, seed=args.seed, cache=args.cache,
+                               recalibrate=args.recalibrate, modelopt=args.modelopt)
+    config.validate()
+    targets, _ = targets_for(args.int8_target)
+    out_dir, paths = _paths(model, args.output, targets)
+    if model.resolve() in {p.resolve() for p in paths.values()}:
+        raise UsageError(f"--output '{args.output}' would overwrite the FP32 model")
+    stem = model.name[:-len(".onnx")]
+    timings: dict[str, float] = {}
+    res = run_int8_stage(model, None, out_dir, stem, config, timings, artifact_paths=paths)
+
+    manifest = Manifest.load(out_dir) if (out_dir / MANIFEST_NAME).is_file() else Manifest(out_dir)
+    record_in_manifest(res, manifest, source_name=str(model))
+    manifest.data.setdefault("timings_s", {}).update({f"int8: {k}": v for k, v in timings.items()})
+    manifest.save()
+
+    if args.json:
+        print(json.dumps({**res.summary(), "parity": {k: r.to_dict() for k, r in res.parity.items()},
+                          "manifest": str(manifest.path)}, indent=2, default=str))
+    else:
+        for target, path in res.artifacts.items():
+            report = res.parity.get(target)
+            worst = report.worst() if report else {}
+            verdict = "-" if report is None else ("ok" if report.passed else "FAILED")
+            print(f"int8.{target:<12} {path}  parity {verdict} (cent.cos {worst.get('min_centered_cosine', 0):.4f}, "
+                  f"top-1 {worst.get('min_top1', 0):.2f}, max abs {worst.get('max_abs', 0):.2e})")
+        print(f"cache: {res.cache}{' (reused)' if res.cache_reused else ''}")
+        print(f"TensorRT calibration table: {res.table}")
+        for note in res.notes:
+            print(f"note: {note}")
+        print(f"manifest: {manifest.path}")
+    if not res.passed:
+        failed = [t for t, r in res.parity.items() if not r.passed]
+        raise CheckFailedError(f"INT8 parity check failed for {', '.join(failed)} (see the .parity.json reports); "
+                               "artifacts kept for inspection")
+    return 0

@@ -22,7 +22,7 @@ from .._io import write_json
 from ..errors import UsageError
 from ..models.transforms import Preprocessing
 from ..parity import DEFAULT_TOLERANCES, ParityReport, compare, tolerances_for
-from ..runtime import BACKEND_CHOICES, ENGINE_SUFFIXES, load_runner
+from ..runtime import BACKEND_CHOICES, load_runner
 from ..runtime.base import Runner, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def _truthy(value: Any) -> bool:
 
 
 def resolved_device(cfg: CheckConfig) -> str:
-    if cfg.device:
-        return cfg.device
-    return "cuda" if Path(cfg.artifact).suffix.lower() in ENGINE_SUFFIXES else "cpu"
+    from ..pipelines.embedder import default_device
+
+    return default_device(cfg.artifact, cfg.device)
 
 
 def runner_kwargs(threads: int | None) -> dict[str, Any]:
@@ -156,12 +156,21 @@ def seeded_batches(shapes: list[Shape], seed: int, fused: bool) -> list[np.ndarr
 
 
 def image_batches(folder: str, prep: Preprocessing, fused: bool, limit: int, max_batch: int) -> list[np.ndarray]:
-    from ..models.preprocessing import list_images, preprocess_many
+    """Up to ``limit`` readable images under ``folder``, preprocessed, in batches of ``max_batch``."""
+    from ..models.preprocessing import ImageError, list_images, preprocess, preprocess_uint8
 
-    paths = list_images(folder)[:limit]
-    if not paths:
-        raise UsageError(f"no images under '{folder}'")
-    arr = preprocess_many(paths, prep, uint8=fused)
+    fn = preprocess_uint8 if fused else preprocess
+    rows = []
+    for path in list_images(folder):
+        if len(rows) == limit:
+            break
+        try:
+            rows.append(fn(path, prep))
+        except ImageError as exc:
+            log.warning("skipping unreadable image: %s", exc)
+    if not rows:
+        raise UsageError(f"no readable images under '{folder}'")
+    arr = np.stack(rows)
     return [arr[i:i + max_batch] for i in range(0, len(arr), max_batch)]
 
 
@@ -243,7 +252,10 @@ def run_check(cfg: CheckConfig) -> tuple[ParityReport, Runner, Runner]:
 def _shapes(text: str) -> tuple[Shape, ...]:
     from ..export import parse_shape
 
-    return tuple(parse_shape(s.strip()) for s in text.split(",") if s.strip())
+    try:
+        return tuple(parse_shape(s.strip()) for s in text.split(",") if s.strip())
+    except UsageError as exc:  # argparse reports ArgumentTypeError as a usage error (exit 2)
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._io import sha256_file
 from ..errors import UsageError
-from ..runtime import BACKEND_CHOICES, ENGINE_SUFFIXES
+from ..runtime import BACKEND_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ class EmbedConfig:
 
     @property
     def resolved_device(self) -> str:
-        if self.device:
-            return self.device
-        return "cuda" if Path(self.model).suffix.lower() in ENGINE_SUFFIXES else "cpu"
+        from ..pipelines.embedder import default_device
+
+        return default_device(self.model, self.device)
 
 
 @dataclass
@@ -111,21 +111,25 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
         progress = bar(total=len(todo), desc="embed", unit="img")
 
         def on_error(path: Any, exc: Exception) -> None:
-            log.warning("skipping %s", exc)
+            log.warning("skipping unreadable image: %s", exc)
             failed.append((str(path), str(exc)))
             writer.add_failure(path, str(exc))
             progress.update(1)
 
         t0 = last_flush = time.perf_counter()
+        interval = cfg.checkpoint_every
         new_rows = 0
         try:
             for chunk, rows in emb.iter_embed(todo, on_error=on_error):
                 writer.add(chunk, rows)
                 new_rows += len(chunk)
                 progress.update(len(chunk))
-                if time.perf_counter() - last_flush >= cfg.checkpoint_every:
+                if time.perf_counter() - last_flush >= interval:
+                    started = time.perf_counter()
                     writer.flush()
                     last_flush = time.perf_counter()
+                    # a flush rewrites the whole file: keep it under ~20% of the time as the file grows
+                    interval = max(cfg.checkpoint_every, 4 * (last_flush - started))
         finally:
             progress.close()
             seconds = time.perf_counter() - t0
@@ -164,11 +168,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _run_ray(args: argparse.Namespace) -> int:
+    from ..pipelines.embedder import default_device
     from ..pipelines.ray_job import run_ray_embed
 
     result = run_ray_embed(args.model, args.inputs, args.output, backend=args.backend, batch_size=args.batch_size,
                            num_actors=args.num_actors, ray_address=args.ray_address,
-                           device=args.device or EmbedConfig(args.model, "", "").resolved_device)
+                           device=default_device(args.model, args.device))
     if isinstance(result, dict):
         for key, value in result.items():
             print(f"{key}: {value}")

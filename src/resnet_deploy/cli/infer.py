@@ -116,16 +116,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(func=run)
 
 
-def _device(model: str, device: str | None) -> str:
-    from ..runtime import ENGINE_SUFFIXES
-
-    if device:
-        return device
-    return "cuda" if Path(model).suffix.lower() in ENGINE_SUFFIXES else "cpu"
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..pipelines.embedder import ImageModel
+    from ..pipelines.embedder import ImageModel, default_device
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
@@ -138,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if os.path.isfile(args.model):
             raise UsageError(f"--weights applies to a variant name; '{args.model}' is a file with its own weights")
         kwargs["weights"] = args.weights
-    with ImageModel(args.model, backend=args.backend, device=_device(args.model, args.device),
+    with ImageModel(args.model, backend=args.backend, device=default_device(args.model, args.device),
                     batch_size=args.batch_size, workers=args.workers, **kwargs) as model:
         if model.head == "embedding":
             raise UsageError(f"'{args.model}' outputs embeddings (head 'embedding'), not class scores; use "

@@ -38,12 +38,23 @@ OnError = Callable[[Any, Exception], None]
 PREFETCH_BATCHES = 3
 
 
+def default_device(artifact: Any, device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` for a TensorRT engine and ``cpu`` for anything else."""
+    from ..runtime import ENGINE_SUFFIXES
+
+    if device:
+        return device
+    if isinstance(artifact, (str, os.PathLike)) and os.path.splitext(os.fspath(artifact))[1].lower() in ENGINE_SUFFIXES:
+        return "cuda"
+    return "cpu"
+
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _log_skip(item: Any, exc: Exception) -> None:
-    log.warning("skipping %s", exc)
+    log.warning("skipping unreadable image: %s", exc)
 
 
 def _is_single(items: Any) -> bool:
@@ -364,4 +375,4 @@ class Embedder(ImageModel):
         return self
 
 
-__all__ = ["Embedder", "ImageModel", "PREFETCH_BATCHES"]
+__all__ = ["Embedder", "ImageModel", "PREFETCH_BATCHES", "default_device"]

@@ -18,7 +18,7 @@ tolerances a parity check applies):
 
 Dynamic shapes: the model is compiled once with its dynamic dims (batch, height, width); calls
 with new shapes reuse the compiled model (the CPU plugin keeps a cache of shape-specialized
-kernels), ``compile_count`` stays 1.
+kernels); nothing is reshaped or recompiled per call.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import threading
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -41,8 +40,7 @@ log = logging.getLogger(__name__)
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 PRECISIONS = (*PRECISION_HINTS, "int8")
 #: ``hint`` -> OpenVINO ``PERFORMANCE_HINT`` value.
-PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT",
-                     "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 #: CPU capability (``OPTIMIZATION_CAPABILITIES``) a compute precision needs.
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 #: Layers whose execution precision decides what the model computes in.
@@ -63,16 +61,17 @@ def _openvino() -> Any:
 
 
 def device_name(device: str) -> str:
-    """``cpu`` -> ``CPU``, ``gpu`` -> ``GPU``, ``gpu:1`` -> ``GPU.1`` (OpenVINO's names)."""
+    """``cpu`` -> ``CPU``, ``gpu`` -> ``GPU``, ``gpu:1`` -> ``GPU.1`` (OpenVINO's names; its GPUs are
+    Intel GPUs)."""
     base, _, index = device.partition(":")
     base = base.strip().lower()
     if base in ("cuda", "tensorrt"):
         raise UsageError(f"OpenVINO does not run on NVIDIA devices (got device '{device}'); use --backend "
                          "tensorrt or onnxruntime for CUDA, or device 'cpu' for OpenVINO")
-    names = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
-    if base not in names:
-        raise UsageError(f"unknown device '{device}' for openvino; choose one of: cpu, gpu, gpu:N, npu, auto")
-    return names[base] + (f".{index}" if index else "")
+    names = {"cpu": "CPU", "gpu": "GPU"}
+    if base not in names or (index and not index.isdigit()) or (base == "cpu" and index not in ("", "0")):
+        raise UsageError(f"unknown device '{device}' for openvino; choose one of: cpu, gpu, gpu:N (Intel GPUs)")
+    return names[base] + (f".{index}" if index and base == "gpu" else "")
 
 
 def artifact_kind(model: Any) -> str:
@@ -126,6 +125,15 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()), shape)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _shapes(arrays: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in arrays.items())
+
+
 def _as_array(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().numpy()
@@ -137,8 +145,8 @@ class OpenVINORunner(Runner):
 
     ``precision``: None (what the artifact is: f32 compute for FP32/FP16 artifacts, int8 for Q/DQ
     ones), ``fp32``, ``bf16``, ``fp16`` (compute precision; the CPU must support it) or ``int8``
-    (the artifact must be Q/DQ). ``threads``: ``INFERENCE_NUM_THREADS``; ``hint``: ``latency``,
-    ``throughput`` or ``cumulative_throughput``; ``streams``: ``NUM_STREAMS`` (an int or ``"auto"``);
+    (the artifact must be Q/DQ). ``threads``: ``INFERENCE_NUM_THREADS``; ``hint``: ``latency`` or
+    ``throughput`` (``PERFORMANCE_HINT``); ``streams``: ``NUM_STREAMS`` (an int or ``"auto"``);
     ``num_requests``: requests kept in flight by ``infer_stream`` (default: OpenVINO's optimal
     number for the compiled model); ``cache_dir``: OpenVINO's compiled-model cache.
     """
@@ -166,8 +174,7 @@ class OpenVINORunner(Runner):
 
         self._core = ov.Core()
         available = self._core.available_devices
-        if ov_device not in ("AUTO",) and not any(d == ov_device or d.split(".")[0] == ov_device
-                                                   for d in available):
+        if not any(d == ov_device or d.split(".")[0] == ov_device for d in available):
             raise UsageError(f"OpenVINO {ov.__version__} sees no device '{ov_device}' (for '{device}'); "
                              f"available: {', '.join(available) or 'none'}")
         if cache_dir is not None:
@@ -175,12 +182,11 @@ class OpenVINORunner(Runner):
         try:
             model = self._core.read_model(path)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"OpenVINO cannot read '{path}': {first}") from exc
+            raise UsageError(f"OpenVINO cannot read '{path}': {_first_line(exc)}") from exc
         kind = artifact_kind(model)
-        wanted = self._resolve_precision(precision, kind, ov_device)
+        wanted, precision_hint = self._resolve_precision(precision, kind, ov_device)
 
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS["fp32" if wanted == "int8" else wanted],
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint,
                                   "PERFORMANCE_HINT": PERFORMANCE_HINTS[hint]}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -189,14 +195,13 @@ class OpenVINORunner(Runner):
         try:
             self._compiled = self._core.compile_model(model, ov_device, config)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"OpenVINO cannot compile '{path}' for {ov_device} with {config}: {first}") from exc
-        self.compile_count = 1
+            raise UsageError(f"OpenVINO cannot compile '{path}' for {ov_device} with {config}: "
+                             f"{_first_line(exc)}") from exc
 
         used_hint = _type_name(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
         every, compute = runtime_precisions(self._compiled)
         actual = self._actual_precision(compute, kind)
-        self._check_precision(wanted, actual, used_hint, every, path)
+        self._check_precision(wanted, precision_hint, actual, used_hint, every, path)
 
         self.inputs = [_spec(p) for p in self._compiled.inputs]
         self.outputs = [_spec(p) for p in self._compiled.outputs]
@@ -212,8 +217,8 @@ class OpenVINORunner(Runner):
             return value.name.lower() if hasattr(value, "name") else value
 
         self.info = RunnerInfo(
-            backend="openvino", device=ov_device, precision=actual, artifact=path,
-            details={"openvino": ov.__version__.split("-")[0], "artifact_kind": kind,
+            backend="openvino", device=device, precision=actual, artifact=path,
+            details={"openvino": ov.__version__.split("-")[0], "ov_device": ov_device, "artifact_kind": kind,
                      "requested_precision": precision or "artifact",
                      "inference_precision_hint": used_hint,
                      "runtime_precisions": dict(sorted(every.items())),
@@ -221,17 +226,24 @@ class OpenVINORunner(Runner):
                      "hint": hint, "streams": prop("NUM_STREAMS"), "threads": prop("INFERENCE_NUM_THREADS"),
                      "optimal_requests": prop("OPTIMAL_NUMBER_OF_INFER_REQUESTS"),
                      "device_name": self._device_full_name(ov_device)})
+        used_streams, used_threads = self.info.details["streams"], self.info.details["threads"]
+        if streams is not None and str(streams).isdigit() and used_streams != int(streams):
+            log.warning("asked OpenVINO for %s streams, it runs %s (with %s threads): each stream needs at "
+                        "least one thread", streams, used_streams, used_threads)
+        if threads is not None and used_threads not in (None, int(threads)):
+            log.warning("asked OpenVINO for %s threads, it runs %s", threads, used_threads)
         log.info("openvino: %s on %s, precision %s (hint %s, compute %s)", os.path.basename(path), ov_device,
                  actual, used_hint, dict(compute))
 
     # -- precision -------------------------------------------------------------
-    def _resolve_precision(self, precision: str | None, kind: str, ov_device: str) -> str:
-        """The compute precision to ask OpenVINO for; errors for requests the artifact cannot meet."""
+    def _resolve_precision(self, precision: str | None, kind: str, ov_device: str) -> tuple[str, str]:
+        """(the precision class to check the result against, OpenVINO's ``INFERENCE_PRECISION_HINT``);
+        errors for requests the artifact or the device cannot meet."""
         if kind == "int8":
             if precision not in (None, "int8"):
                 raise UsageError(f"the artifact is INT8 (Q/DQ); it runs as int8, not '{precision}': pass "
                                  "precision int8 (or none), or use the FP32 artifact for fp32/bf16/fp16")
-            return "int8"
+            return "int8", "f32"  # the non-quantized rest (input quantizer, last dequantize) in f32
         if precision == "int8":
             raise UsageError("precision int8 needs an INT8 Q/DQ artifact (resnet-deploy calibrate writes "
                              f"<name>.int8.onnxruntime.onnx); this one is {kind}")
@@ -240,9 +252,13 @@ class OpenVINORunner(Runner):
         if need and ov_device.startswith("CPU"):
             caps = list(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
             if need not in caps:
+                if wanted == "fp16" and kind == "fp16":
+                    # fp16 is what the artifact is; the CPU computes it in f32 (more exact, not less)
+                    log.info("this CPU has no FP16 compute (%s): the FP16 artifact runs in f32", ", ".join(caps))
+                    return "fp16", "f32"
                 raise UsageError(f"precision {wanted} needs a CPU with {need} support; this CPU offers "
                                  f"{', '.join(caps)}: choose fp32" + (" or bf16" if "BF16" in caps else ""))
-        return wanted
+        return wanted, PRECISION_HINTS[wanted]
 
     @staticmethod
     def _actual_precision(compute: Counter, kind: str) -> str:
@@ -255,14 +271,15 @@ class OpenVINORunner(Runner):
         return "fp32"
 
     @staticmethod
-    def _check_precision(wanted: str, actual: str, used_hint: str, every: Counter, path: str) -> None:
-        layers_bf16 = sorted(k for k in every if k.endswith(":bf16") or k.endswith(":f16"))
-        if wanted in ("fp32", "int8") and (used_hint != "f32" or layers_bf16):
+    def _check_precision(wanted: str, asked_hint: str, actual: str, used_hint: str, every: Counter,
+                         path: str) -> None:
+        """Raise PrecisionMismatchError when what was compiled is not what was asked."""
+        half = sorted(k for k in every if k.endswith((":bf16", ":f16")))
+        if asked_hint == "f32" and (used_hint != "f32" or half):
             raise PrecisionMismatchError(
-                f"asked OpenVINO for {wanted} (f32 compute) on '{path}', but the compiled model reports "
-                f"inference precision {used_hint} and layers {layers_bf16 or 'none'} in half precision")
-        expected = {"fp32": ("fp32", "fp16"), "int8": ("int8",), "bf16": ("bf16",), "fp16": ("fp16",)}[wanted]
-        if actual not in expected:
+                f"asked OpenVINO for {wanted} with f32 compute on '{path}', but the compiled model reports "
+                f"inference precision {used_hint} and half-precision layers {half or 'none'}")
+        if actual != wanted and not (wanted == "fp32" and actual == "fp16"):  # fp16 weights, f32 compute
             raise PrecisionMismatchError(f"asked OpenVINO for {wanted} on '{path}', but its convolutions run "
                                          f"in {actual} (inference precision {used_hint})")
 
@@ -292,64 +309,56 @@ class OpenVINORunner(Runner):
         request = self._request()
         try:
             # share_inputs: no copy of the batch; outputs are copied out of the request's buffers.
-            result = request.infer(arrays, share_inputs=True, share_outputs=False)
+            try:
+                result = request.infer(arrays, share_inputs=True, share_outputs=False)
+            except RuntimeError as exc:
+                raise UsageError(f"OpenVINO inference failed for {_shapes(arrays)}: {_first_line(exc)}") from exc
             return {name: np.asarray(result[i]) for i, name in enumerate(self._output_names)}
         finally:
             self._idle.put(request)
 
     def infer_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
-        """Results of ``batches`` in order, with up to ``num_requests`` batches in flight at once
-        (``openvino.AsyncInferQueue``). Each batch is validated like ``infer``'s."""
-        ov = _openvino()
+        """Results of ``batches`` in order, with up to ``num_requests`` batches in flight at once.
+        Each batch is validated like ``infer``'s.
+
+        A ring of ``num_requests`` asynchronous InferRequests: batch ``i`` goes to request
+        ``i % n`` once batch ``i - n`` has been collected from it. Results come back in order
+        without Python callbacks. (``openvino.AsyncInferQueue`` with a Python callback runs that
+        callback on OpenVINO's worker threads under the GIL; destroying the compiled model right
+        after a stream then deadlocked, 3 times in 6, with a THROUGHPUT hint in OpenVINO 2026.4.)
+        """
         compiled = self._compiled_model()
         n = self._num_requests or max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        requests = ov.AsyncInferQueue(compiled, n)
-        done: dict[int, Any] = {}
-        pending: dict[int, np.ndarray] = {}
-        cond = threading.Condition()
-        first_output = 0
-
-        def on_done(request: Any, index: int) -> None:
-            try:
-                out: Any = np.array(request.get_output_tensor(first_output).data, copy=True)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                out = exc
-            with cond:
-                done[index] = out
-                cond.notify_all()
-
-        requests.set_callback(on_done)
-
-        def take(index: int) -> np.ndarray:
-            with cond:
-                while index not in done:
-                    cond.wait()
-                out = done.pop(index)
-                pending.pop(index, None)
-            if isinstance(out, BaseException):
-                raise UsageError(f"OpenVINO inference of batch {index} failed: {out}") from out
-            return out
-
+        ring = [self._request() for _ in range(n)]
+        in_flight: deque[tuple[Any, np.ndarray]] = deque()  # (request, the batch it reads), oldest first
         spec = self.input
-        started = yielded = 0
+
+        def collect() -> np.ndarray:
+            request, _ = in_flight.popleft()
+            try:
+                request.wait()
+            except RuntimeError as exc:
+                raise UsageError(f"OpenVINO inference failed in a stream: {_first_line(exc)}") from exc
+            return np.array(request.get_output_tensor(0).data, copy=True)
+
         try:
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 spec.validate(batch)
-                while started - yielded >= n:
-                    yield take(yielded)
-                    yielded += 1
+                if len(in_flight) == n:
+                    yield collect()
                 array = _as_array(batch)
-                pending[started] = array  # keep it alive while OpenVINO reads it (shared, not copied)
-                requests.start_async({spec.name: array}, userdata=started, share_inputs=True)
-                started += 1
-                while yielded in done:
-                    yield take(yielded)
-                    yielded += 1
-            while yielded < started:
-                yield take(yielded)
-                yielded += 1
+                request = ring[i % n]
+                # share_inputs: OpenVINO reads the batch in place; it stays referenced until collected
+                request.start_async({spec.name: array}, share_inputs=True)
+                in_flight.append((request, array))
+            while in_flight:
+                yield collect()
         finally:
-            requests.wait_all()
+            for request, _ in in_flight:
+                request.wait()
+            in_flight.clear()
+            for request in ring:
+                self._idle.put(request)
 
     def close(self) -> None:
         while True:

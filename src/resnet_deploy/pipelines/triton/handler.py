@@ -35,6 +35,7 @@ class HandlerConfig:
     head: str = ""
     batch_size: int = 32
     decode_workers: int | None = None
+    warmup: bool = False  # run one generated PNG through decode + inference before serving
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], version_dir: Path,
@@ -51,7 +52,8 @@ class HandlerConfig:
         workers = params.get("decode_workers")
         return cls(artifact=artifact, input_kind=kind, runner_backend=params.get("runner_backend", "auto") or "auto",
                    device=device, head=params.get("head", ""), batch_size=int(params.get("batch_size", 32) or 32),
-                   decode_workers=int(workers) if workers else None)
+                   decode_workers=int(workers) if workers else None,
+                   warmup=params.get("warmup", "false").lower() == "true")
 
 
 class RequestHandler:
@@ -68,6 +70,11 @@ class RequestHandler:
         if cfg.input_kind == "bytes":
             self._pool = ThreadPoolExecutor(self.model.workers, thread_name_prefix="triton-decode")
         log.info("Triton %s model on %s", cfg.input_kind, self.model.describe())
+        if cfg.warmup and cfg.input_kind == "bytes":
+            result = self.handle([np.array([[warmup_png(int(self.model.preprocessing.crop_size))]], dtype=object)])[0]
+            if isinstance(result, Exception):
+                raise result
+
 
     def close(self) -> None:
         if self._pool is not None:
@@ -154,6 +161,18 @@ class RequestHandler:
         return results
 
 
+def warmup_png(size: int) -> bytes:
+    """A small noise PNG, encoded: the warmup request of the bytes entry."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def from_triton_args(args: Mapping[str, Any], model_config: Mapping[str, Any]) -> RequestHandler:
     """A handler from the ``args`` Triton passes to ``TritonPythonModel.initialize``."""
     params = {k: (v.get("string_value", "") if isinstance(v, Mapping) else str(v))
@@ -165,4 +184,4 @@ def from_triton_args(args: Mapping[str, Any], model_config: Mapping[str, Any]) -
     return RequestHandler(cfg)
 
 
-__all__ = ["HandlerConfig", "INPUT_KINDS", "RequestHandler", "from_triton_args"]
+__all__ = ["HandlerConfig", "INPUT_KINDS", "RequestHandler", "from_triton_args", "warmup_png"]

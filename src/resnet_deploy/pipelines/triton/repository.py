@@ -19,12 +19,10 @@ entry by entry when it already exists, so a failure leaves no half-written model
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,8 +382,10 @@ def _python_config(cfg: RepositoryConfig, name: str, io_: ModelIO, kind: str) ->
     out = TensorConfig(io_.output_name, "TYPE_FP32", io_.output_dims)
     if kind == "bytes":
         inputs = [TensorConfig("image", "TYPE_STRING", (1,))]
-        warm = [Warmup("warmup_image", 1, (("image", "TYPE_STRING", (1,)),), data="input_data_file",
-                       data_file="image")]
+        # Triton 2.51 garbles a TYPE_STRING warmup read from input_data_file (the stub receives the
+        # first byte repeated), so the bytes entry warms up inside initialize() instead.
+        warm: list[Warmup] = []
+        params["warmup"] = "true" if cfg.warmup else "false"
     else:
         inputs = [TensorConfig(io_.input_name, triton_dtype(io_.input_dtype), io_.input_dims)]
         warm = _tensor_warmup(io_, io_.concrete_input_dims(crop, crop))
@@ -394,19 +394,6 @@ def _python_config(cfg: RepositoryConfig, name: str, io_: ModelIO, kind: str) ->
                        instance_kind="KIND_GPU" if cfg.device == "cuda" else "KIND_CPU",
                        instance_count=cfg.instances, dynamic_batching=_batching(cfg, cfg.max_batch_size),
                        parameters=params, warmup=warm if cfg.warmup else [])
-
-
-def warmup_image_bytes(size: int) -> bytes:
-    """A small PNG for the bytes entry's warmup request: Triton's ``input_data_file`` for a
-    ``TYPE_STRING`` element is a 4-byte little-endian length followed by the bytes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    data = buf.getvalue()
-    return struct.pack("<I", len(data)) + data
 
 
 # -- the repository ---------------------------------------------------------------------------------
@@ -490,9 +477,6 @@ def _write_entry(staging: Path, kind: str, name: str, cfg: RepositoryConfig, art
         else:
             mc = _python_config(cfg, name, io_, kind)
             shutil.copyfile(TEMPLATE, version / "model.py")
-            if kind == "bytes" and cfg.warmup:
-                (entry_dir / "warmup").mkdir()
-                (entry_dir / "warmup" / "image").write_bytes(warmup_image_bytes(io_.crop_size))
     text = mc.render()
     (entry_dir / "config.pbtxt").write_text(text)
     record = {"kind": kind, "native": kind in NATIVE_KINDS, "source": str(artifact.path.resolve()),
@@ -604,4 +588,4 @@ def list_models(repository: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 __all__ = ["ENTRY_KINDS", "ENTRY_RECORD", "ExportArtifact", "ModelIO", "NATIVE_KINDS", "PYTHON_KINDS",
            "RepositoryConfig", "RepositoryEntry", "RepositoryResult", "build_repository", "list_models", "model_io",
-           "plan_entries", "scan_export", "warmup_image_bytes", "write_repository"]
+           "plan_entries", "scan_export", "write_repository"]

@@ -50,7 +50,7 @@ _LOGGER: Any = None
 
 def trt_logger(trt: Any) -> Any:
     """The process-wide TensorRT logger (TensorRT wants one), routed to ``resnet_deploy.tensorrt``:
-    TensorRT's INFO and VERBOSE go to DEBUG, so ``-v`` shows them. It remembers the last errors."""
+    TensorRT's INFO goes to DEBUG (``-v`` shows it), VERBOSE to level 5. It remembers the last errors."""
     global _LOGGER
     if _LOGGER is not None:
         return _LOGGER
@@ -62,8 +62,6 @@ def trt_logger(trt: Any) -> Any:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
-            self.min_severity = sev.VERBOSE if trt_log.isEnabledFor(logging.DEBUG - 5) else (
-                sev.INFO if trt_log.isEnabledFor(logging.DEBUG) else sev.WARNING)
 
         def log(self, severity: Any, msg: str) -> None:
             level = levels.get(severity, logging.INFO)
@@ -400,7 +398,8 @@ def engine_check_shapes(profiles: Sequence[Profile]) -> list[tuple[int, ...]]:
 
 
 def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequence[Sequence[int]] | None = None,
-                 seed: int = 0, backend: str | None = None, update_manifest: bool = True) -> Any:
+                 seed: int = 0, device: str = "cuda:0", backend: str | None = None,
+                 update_manifest: bool = True) -> Any:
     """Parity of ``engine`` against ``reference`` (an ONNX path, run on ONNX Runtime, or any Runner)
     at min, opt, max and an off-grid shape of each profile. The result goes into the manifest."""
     from ...parity import compare, seeded_inputs, tolerances_for
@@ -414,7 +413,7 @@ def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequ
             raise UsageError(f"'{engine}' has no manifest; pass the shapes to check")
         shapes = engine_check_shapes(manifest.profiles)
     shapes = [tuple(int(d) for d in s) for s in shapes]
-    with TensorRTRunner(engine, backend=backend) as cand:
+    with TensorRTRunner(engine, device=device, backend=backend) as cand:
         precision = cand.info.precision
         # TF32 has FP16's 10-bit mantissa: an FP32 engine that may use it is held to FP16's bars
         tf32 = precision == "fp32" and (manifest is None or manifest.flags.get("tf32", True))
@@ -425,8 +424,8 @@ def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequ
             from ..onnxruntime_runner import OnnxRuntimeRunner
             import onnxruntime as ort
 
-            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-            with OnnxRuntimeRunner(reference, device=device) as ref:
+            ort_device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+            with OnnxRuntimeRunner(reference, device=ort_device) as ref:
                 report = compare(ref, cand, seeded_inputs(shapes, seed), precision=precision, tolerances=tol)
     if update_manifest and manifest is not None:
         manifest.parity = {"passed": report.passed, "reference": report.reference, "worst": report.worst(),
@@ -452,7 +451,7 @@ def build_and_check(cfg: Any, result: Any, timings: dict[str, float]) -> None:
         with stage(f"build TensorRT {precision} engine", timings):
             br = build_engine(onnx_path, engine, bcfg)
         with stage(f"verify {precision} engine against the FP32 ONNX", timings):
-            report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed)
+            report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed, device=f"cuda:{bcfg.device}")
         name = f"engine.{precision}"
         result.artifacts[name] = engine
         result.parity[name] = report

@@ -64,6 +64,7 @@ class MachineInfo:
             info = {"gpu_name": dev.name, "compute_capability": dev.cc, **cuda.versions()}
         except Exception as exc:  # noqa: BLE001 - a probe reports what it can
             log.debug("CUDA probe failed: %s", exc)
+            info = _probe_torch(device)
         return cls(tensorrt=trt_version, **info)
 
     def describe(self) -> str:
@@ -74,6 +75,21 @@ class MachineInfo:
         else:
             parts.append("no usable CUDA device")
         return " and ".join(parts)
+
+
+def _probe_torch(device: int) -> dict[str, Any]:
+    """GPU facts from torch, for a host without a CUDA binding (building needs only TensorRT)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        major, minor = torch.cuda.get_device_capability(device)
+        return {"gpu_name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}",
+                "cuda_runtime": torch.version.cuda}
+    except Exception as exc:  # noqa: BLE001 - a probe reports what it can
+        log.debug("torch CUDA probe failed: %s", exc)
+        return {}
 
 
 @dataclass
@@ -149,16 +165,21 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def tensorrt_compatible(built: str, here: str, version_compatible: bool) -> bool:
     """A plain engine loads only in the TensorRT release it was built with (major.minor.patch); a
-    version-compatible one also in later releases of the same major version."""
+    version-compatible one also in later releases of the same major version. Unknown: not judged."""
     b, h = _version_tuple(built), _version_tuple(here)
+    if not b or not h:
+        return True
     if version_compatible:
-        return bool(b) and bool(h) and b[0] == h[0] and h[:3] >= b[:3]
+        return b[0] == h[0] and h[:3] >= b[:3]
     return b[:3] == h[:3]
 
 
 def gpu_compatible(built_cc: str, here_cc: str, hardware_compatibility: str) -> bool:
-    """``ampere+`` engines run on compute capability 8.0 and later; others need the same one."""
+    """``ampere+`` engines run on compute capability 8.0 and later; others need the same one.
+    Unknown (a build host whose GPU could not be probed): not judged."""
     b, h = _version_tuple(built_cc), _version_tuple(here_cc)
+    if not h or (not b and hardware_compatibility != "ampere+"):
+        return True
     if hardware_compatibility == "ampere+":
         return h[:2] >= (8, 0)
     return b[:2] == h[:2]

@@ -12,6 +12,16 @@ import sys
 import triton_python_backend_utils as pb_utils
 
 
+def _error(exc):
+    """A Triton error for ``exc``: INVALID_ARG (HTTP 400) for bad input, INTERNAL otherwise."""
+    from resnet_deploy.errors import UsageError
+
+    code_enum = getattr(pb_utils.TritonError, "INVALID_ARG", None) if isinstance(exc, UsageError) else None
+    if code_enum is None:
+        return pb_utils.TritonError(str(exc))
+    return pb_utils.TritonError(str(exc), code_enum)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         self.model_config = json.loads(args["model_config"])
@@ -33,7 +43,7 @@ class TritonPythonModel:
         responses = []
         for result in self.handler.handle(arrays):
             if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(result))))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_error(result)))
             else:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, result)]))
         return responses
