@@ -12,8 +12,8 @@ Configurations (ResNet-50 at 224x224, batch 1 and 8 by default), all timed by th
 * ``openvino:int8``          OpenVINO, the same INT8 Q/DQ ONNX that ONNX Runtime runs
 
 Then a throughput section: ``infer_stream`` (several requests in flight, THROUGHPUT hint) against
-back-to-back ``infer`` calls (LATENCY hint) for the OpenVINO rows at the largest batch: the path
-``resnet-deploy embed`` uses.
+back-to-back ``infer`` calls (LATENCY hint), alternating, for the OpenVINO rows at the largest
+batch: the path ``resnet-deploy embed`` uses.
 
 It prints the speedups the issue asks for (OpenVINO INT8 >= 1.5x ONNX Runtime INT8 at batch 8 and
 >= 8x PyTorch eager FP32 at batch 8) with PASS/FAIL, and the fraction of this CPU's peak each row
@@ -107,24 +107,32 @@ def _default_openvino(path: Path, threads: int | None):
     return DefaultOpenVINO()
 
 
-def _stream_throughput(make, batch: int, size: int, n_batches: int, repeats: int) -> dict[str, Any]:
-    """Images per second of ``infer_stream`` over ``n_batches`` batches (median of ``repeats``)."""
+def _stream_vs_infer(make_stream, make_sync, batch: int, size: int, n_batches: int,
+                     repeats: int) -> dict[str, Any]:
+    """Images per second of ``infer_stream`` (THROUGHPUT runner) and of back-to-back ``infer``
+    (LATENCY runner) over the same ``n_batches`` batches, alternating, ``repeats`` times each, so
+    that both see the same machine load; medians."""
     from resnet_deploy.parity import seeded_inputs
 
-    batches = seeded_inputs([(batch, 3, size, size)] * min(n_batches, 4), seed=1)
-    feed = [batches[i % len(batches)] for i in range(n_batches)]
-    rates = []
-    with make() as runner:
-        list(runner.infer_stream(feed[: max(2, n_batches // 4)]))  # warm every request
+    feed = [seeded_inputs([(batch, 3, size, size)], seed=1)[0]] * n_batches
+    stream_rates, sync_rates = [], []
+    with make_stream() as streamer, make_sync() as sync:
+        list(streamer.infer_stream(feed[: 2 * int(streamer.info.details.get("optimal_requests") or 2)]))  # warm all
+        sync.infer(feed[0])
         for _ in range(repeats):
             t0 = time.perf_counter()
-            for _ in runner.infer_stream(iter(feed)):
+            for _ in streamer.infer_stream(iter(feed)):
                 pass
-            rates.append(n_batches * batch / (time.perf_counter() - t0))
-        info = runner.info.to_dict()
-    return {"images_per_s": statistics.median(rates), "all": rates, "streams": info.get("streams"),
+            stream_rates.append(n_batches * batch / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            for x in feed:
+                sync.infer(x)
+            sync_rates.append(n_batches * batch / (time.perf_counter() - t0))
+        info = streamer.info.to_dict()
+    return {"stream_images_per_s": statistics.median(stream_rates), "infer_images_per_s": statistics.median(sync_rates),
+            "stream_all": stream_rates, "infer_all": sync_rates, "streams": info.get("streams"),
             "threads": info.get("threads"), "precision_used": info.get("precision"),
-            "optimal_requests": info.get("optimal_requests")}
+            "requests": info.get("optimal_requests")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,22 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     stream: list[dict[str, Any]] = []
     if args.stream_batches > 0:
         b = max(batches)
-        print(f"\nthroughput at batch {b}: infer_stream ({args.stream_batches} batches, THROUGHPUT hint, requests "
-              "in flight) vs back-to-back infer (LATENCY hint, from the table above)\n")
+        print(f"\nthroughput at batch {b}, {args.stream_batches} batches per run, medians of {args.stream_repeats} "
+              "alternating runs: infer_stream (THROUGHPUT hint, requests in flight) vs back-to-back infer "
+              "(LATENCY hint)\n")
         print("| target | streams x threads | requests | stream images/s | infer images/s | ratio |")
         print("|---|---|---:|---:|---:|---:|")
         for label, path, precision in [("openvino:fp32", fp32, "fp32"), ("openvino:int8", int8, None)] + \
                 ([("openvino:bf16", fp32, "bf16")] if bf16 else []):
-            res = _stream_throughput(lambda p=path, q=precision: OpenVINORunner(p, precision=q, threads=threads,
-                                                                               hint="throughput"),
-                                     b, args.size, args.stream_batches, args.stream_repeats)
-            sync = by.get((label, b))
-            sync_ips = sync.stats.throughput if sync else None
-            res.update(label=label, batch=b, infer_images_per_s=sync_ips)
+            def make(p: Path = path, q: str | None = precision, hint: str = "latency") -> OpenVINORunner:
+                return OpenVINORunner(p, precision=q, threads=threads, hint=hint)
+
+            res = _stream_vs_infer(lambda: make(hint="throughput"), make, b, args.size, args.stream_batches,
+                                   args.stream_repeats)
+            res.update(label=label, batch=b)
             stream.append(res)
-            print(f"| {label} | {res['streams']} x {res['threads']} | {res['optimal_requests']} | "
-                  f"{res['images_per_s']:.1f} | {'' if sync_ips is None else f'{sync_ips:.1f}'} | "
-                  f"{'' if not sync_ips else format(res['images_per_s'] / sync_ips, '.2f')} |")
+            print(f"| {label} | {res['streams']} x {res['threads']} | {res['requests']} | "
+                  f"{res['stream_images_per_s']:.1f} | {res['infer_images_per_s']:.1f} | "
+                  f"{res['stream_images_per_s'] / res['infer_images_per_s']:.2f} |")
     for note in result.notes + result.warnings:
         print(f"note: {note}")
     if args.json:

@@ -12,6 +12,11 @@ from typing import Any, Iterator
 
 from .errors import UsageError
 
+#: Protobuf's hard limit is 2 GiB; above this size ONNX weights go to an external data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` (and parents) or raise a UsageError saying why it cannot be written."""
@@ -33,6 +38,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -59,3 +65,19 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
+    """Save an ONNX ModelProto atomically; weights go to ``<name>.data`` beside it when the model
+    nears protobuf's 2 GiB limit."""
+    import onnx
+
+    path = Path(path)
+    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    with atomic_path(path) as tmp:
+        if external:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp))
+    return path

@@ -11,6 +11,7 @@ from typing import Any
 from .errors import UsageError
 from .models.transforms import Preprocessing
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 #: ``metadata_props`` keys that hold JSON rather than plain strings.
 JSON_KEYS = ("preprocessing", "mean", "std", "producer_versions", "dynamic_dims")
 
@@ -70,3 +71,22 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
             continue
         out[k] = json.dumps(v) if (k in JSON_KEYS or isinstance(v, (dict, list, tuple))) else str(v)
     return out
+
+
+def onnx_precision(path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
+    """The precision an ONNX carries: its ``precision`` metadata, else Q/DQ nodes -> int8, FP16
+    initializers -> fp16, BF16 -> bf16, otherwise fp32."""
+    meta = metadata if metadata is not None else read_metadata(path)
+    if meta.get("precision") in PRECISIONS:
+        return str(meta["precision"])
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    types = {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in types:
+        return "fp16"
+    if onnx.TensorProto.BFLOAT16 in types:
+        return "bf16"
+    return "fp32"

@@ -161,19 +161,12 @@ def test_corrupt_onnx_in_openvino(tmp_path):
 
 @pytest.fixture(scope="module")
 def fused_onnx(tmp_path_factory):
-    """ResNet-18 (seed 0) taking uint8 NHWC pictures, as ``export --fuse-preprocess`` writes it."""
-    from resnet_deploy.export import export_onnx
-    from resnet_deploy.models import create_model
-    from resnet_deploy.models.preprocessing import FusedPreprocess
+    """ResNet-18 (random weights, seed 0) taking uint8 NHWC pictures (``export --fuse-preprocess``)."""
+    from resnet_deploy.export import ExportConfig, export_model
 
-    model, winfo = create_model("18", seed=0)
-    path = tmp_path_factory.mktemp("fused") / "resnet18-u8.onnx"
-    meta = {"variant": "resnet18", "weights": "random", "num_classes": 1000, "head": "logits",
-            "normalize": "false", "input_layout": "NHWC-uint8", "preprocessing": winfo.preprocessing.to_dict()}
-    export_onnx(FusedPreprocess(model, winfo.preprocessing).eval(), path, exporter="torchscript",
-                simplify_graph=False, metadata=meta, layout="NHWC",
-                sample=torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8))
-    return path
+    cfg = ExportConfig(variant="18", fuse_preprocess=True, output_dir=tmp_path_factory.mktemp("fused"),
+                       exporter="torchscript", simplify=False, check_shapes=((1, 3, 64, 64), (2, 3, 64, 96)))
+    return export_model(cfg).onnx_path
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

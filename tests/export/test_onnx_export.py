@@ -12,7 +12,7 @@ from resnet_deploy import parity
 from resnet_deploy.cli.main import main
 from resnet_deploy.errors import UsageError
 from resnet_deploy.export import ExportConfig, Manifest, export_model, parse_shape
-from resnet_deploy.export import onnx_export
+from resnet_deploy import _io
 from resnet_deploy.runtime import load_runner
 from resnet_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
@@ -91,7 +91,7 @@ def test_opset_17_needs_the_torchscript_exporter(tmp_path):
 
 def test_external_data_above_the_threshold(tmp_path, monkeypatch):
     """Models near protobuf's 2 GB limit get their weights in a .data file (threshold lowered here)."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1_000_000)
+    monkeypatch.setattr(_io, "EXTERNAL_DATA_THRESHOLD", 1_000_000)
     result = export_model(ExportConfig(variant="18", output_dir=tmp_path, check_shapes=((1, 3, 64, 64),),
                                        exporter="torchscript"))
     data = tmp_path / "resnet18.onnx.data"
@@ -202,3 +202,25 @@ def test_the_largest_variants_export(tmp_path, variant):
                                        exporter="torchscript", simplify=False))
     assert result.parity["fp32"].passed
     assert not (tmp_path / f"{result.onnx_path.name}.data").exists()
+
+
+def test_int8_parity_gates_real_weights_and_informs_for_random_ones(tmp_path, capsys, monkeypatch):
+    """INT8 of random weights is reported, not gating (their per-image signal is below INT8's
+    resolution); with a real checkpoint the same failure exits 1."""
+    import torch
+
+    from resnet_deploy.models import create_model
+
+    impossible = parity.Tolerances(max_abs_rel=0.0, min_cosine=1.1, min_centered_cosine=1.1, min_top1=1.0,
+                                   min_top5=1.0)
+    monkeypatch.setitem(parity.DEFAULT_TOLERANCES, "int8", impossible)
+    common = ["--variant", "18", "--check-shapes", "2x3x64x64", "--exporter", "torchscript", "--int8",
+              "--calib-data", "synthetic", "--calib-size", "24", "--calib-shape", "8x3x64x64",
+              "--int8-target", "onnxruntime"]
+    assert main(["export", "--output", str(tmp_path / "r"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "informational" in out and "INT8 parity with RANDOM weights is informational" in out
+    ckpt = tmp_path / "w.pth"
+    torch.save(create_model("18", seed=5)[0].state_dict(), ckpt)
+    assert main(["export", "--output", str(tmp_path / "w"), "--weights", str(ckpt), *common]) == 1
+    assert "parity check failed for int8.onnxruntime" in capsys.readouterr().err

@@ -33,22 +33,6 @@ def _export(out: Path, ckpt: Path, **kw) -> Path:
     return export_model(cfg).onnx_path
 
 
-def _export_fused(out: Path, ckpt: Path) -> Path:
-    """Fused uint8 NHWC preprocessing, exported with export_onnx directly (as export_model does)."""
-    from resnet_deploy.export import export_onnx
-    from resnet_deploy.models.preprocessing import FusedPreprocess
-
-    model, winfo = create_model("18", weights=str(ckpt))
-    module = FusedPreprocess(EmbeddingModel(model), winfo.preprocessing).eval()
-    path = out / "resnet18-embedding-u8.onnx"
-    meta = {"variant": "resnet18", "weights": str(ckpt), "num_classes": 1000, "head": "embedding",
-            "normalize": "false", "output_dim": 512, "input_layout": "NHWC-uint8",
-            "preprocessing": winfo.preprocessing.to_dict()}
-    export_onnx(module, path, exporter="torchscript", output_name="embedding", simplify_graph=False, metadata=meta,
-                layout="NHWC", sample=torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8))
-    return path
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A ResNet-18 checkpoint whose preprocessing record is 72 -> 64, its embedding ONNX (plain and
@@ -58,7 +42,7 @@ def assets(tmp_path_factory):
     ckpt = root / "r18.pth"
     torch.save({"state_dict": model.state_dict(), "preprocessing": PREP.to_dict()}, ckpt)
     onnx = _export(root / "emb", ckpt, head="embedding")
-    fused = _export_fused(root, ckpt)
+    fused = _export(root / "u8", ckpt, head="embedding", fuse_preprocess=True)
     imgs = root / "imgs"
     imgs.mkdir()
     paths = []

@@ -261,11 +261,10 @@ def test_cli_build_with_fake_tensorrt(monkeypatch, tmp_path, onnx_model, capsys)
 
 
 def test_export_engine_stage_builds_checks_and_records(monkeypatch, tmp_path, onnx_model):
-    """``resnet-export --fp16`` on a GPU host: build_and_check builds the engine from the FP16 ONNX, checks
+    """``resnet-export --fp16`` on a GPU host: the export's engine stage builds the engine from the FP16 ONNX, checks
     it against the FP32 ONNX (ONNX Runtime) at min/opt/max/off-grid, and records both in manifest.json."""
     from resnet_deploy.export import ExportConfig, Manifest
-    from resnet_deploy.export.pipeline import ExportResult
-    from resnet_deploy.runtime.tensorrt import build_and_check
+    from resnet_deploy.export.pipeline import ExportResult, engine_stage
 
     fakes.install(monkeypatch)
     out = tmp_path / "export"
@@ -277,7 +276,7 @@ def test_export_engine_stage_builds_checks_and_records(monkeypatch, tmp_path, on
                        engine_options={"min_shapes": ["1x3x32x32"], "opt_shapes": ["2x3x64x64"],
                                        "max_shapes": ["3x3x80x80"]})
     timings: dict[str, float] = {}
-    build_and_check(cfg, result, timings)
+    engine_stage(cfg, result, timings)
     engine = out / "tiny.fp16.engine"
     assert result.artifacts["engine.fp16"] == engine and engine.is_file()
     report = result.parity["engine.fp16"]

@@ -40,6 +40,10 @@ def benchmark(selection: Selection, config: BenchConfig | None = None, *, cpu: C
     config = config or BenchConfig()
     if config.threads is None and selection.threads is not None:
         config = replace(config, threads=selection.threads)
+    elif selection.threads is None and config.threads is not None:
+        selection = replace(selection, threads=config.threads)
+    elif selection.threads != config.threads:
+        raise UsageError(f"threads differ: {selection.threads} in the selection, {config.threads} in the config")
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-bench-") as tmp:
         if selection.workdir is None:
             selection = replace(selection, workdir=Path(tmp))

@@ -32,7 +32,7 @@ SATURATION_GAIN = 0.05
 
 
 def environment(cpu: CpuInfo, threads: int | None = None) -> dict[str, Any]:
-    from ..export.manifest import package_versions
+    from ..versions import package_versions
 
     cores = min(threads, cpu.physical_cores) if threads else cpu.physical_cores
     return {

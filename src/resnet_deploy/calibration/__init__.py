@@ -16,12 +16,12 @@ from .ranges import (DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, METHODS, Calibration,
                      TensorRange, TensorStats, calibrate, compute_ranges, entropy_amax, percentile_amax)
 from .sources import (DEFAULT_HOLDOUT, DEFAULT_SIZE, RECOMMENDED_IMAGES, ArraySource, CalibrationSource,
                       ImageFolderSource, SyntheticSource, holdout_split, make_source)
-from .stage import CalibrationConfig, Int8StageResult, quantize_export, record_in_manifest, run_int8_stage
+from .stage import CalibrationConfig, Int8StageResult, record_in_manifest, run_int8_stage
 
 __all__ = ["ArraySource", "Calibration", "CalibrationCache", "CalibrationConfig", "CalibrationSource",
            "DEFAULT_HOLDOUT", "DEFAULT_NUM_BINS", "DEFAULT_PERCENTILE", "DEFAULT_SIZE", "ImageFolderSource",
            "Int8StageResult", "METHODS", "MethodConfig", "RECOMMENDED_IMAGES", "RangeCollector", "SyntheticSource",
            "TARGETS", "TARGET_CHOICES", "TensorRange", "TensorStats", "calibrate", "compute_ranges", "entropy_amax",
            "holdout_split", "make_source", "percentile_amax", "prepare", "qdq_summary", "quantize",
-           "quantize_export", "quantize_modelopt", "quantize_onnxruntime", "quantize_tensorrt", "read_trt_table",
+           "quantize_modelopt", "quantize_onnxruntime", "quantize_tensorrt", "read_trt_table",
            "record_in_manifest", "run_int8_stage", "targets_for", "write_trt_table"]

@@ -298,28 +298,5 @@ def record_in_manifest(res: Int8StageResult, manifest: Any, *, source_name: str)
     manifest.data["int8"] = res.summary()
 
 
-def quantize_export(cfg: Any, result: Any, module: Any, timings: dict[str, float]) -> Int8StageResult:
-    """The export pipeline's INT8 stage: ``cfg.int8_options`` -> CalibrationConfig, run, and record the
-    artifacts (``int8.<target>``), parity reports and notes in ``result`` and its manifest."""
-    options = dict(getattr(cfg, "int8_options", {}) or {})
-    engine = dict(getattr(cfg, "engine_options", {}) or {})
-    defaults: dict[str, Any] = {"seed": getattr(cfg, "seed", 0)}
-    opts = engine.get("opt_shapes")
-    if opts and "profile_opt_shape" not in options:
-        from ..export.pipeline import parse_shape
-
-        defaults["profile_opt_shape"] = parse_shape(opts[0])  # the first profile's opt shape
-    config = CalibrationConfig.from_options(options, **defaults)
-    res = run_int8_stage(result.artifacts["fp32"], module, result.output_dir, cfg.stem, config, timings)
-    record_in_manifest(res, result.manifest, source_name=result.artifacts["fp32"].name)
-    for target, path in res.artifacts.items():
-        result.artifacts[f"int8.{target}"] = path
-        if target in res.parity:
-            result.parity[f"int8.{target}"] = res.parity[target]
-    result.notes.extend(res.notes)
-    result.manifest.save()
-    return res
-
-
-__all__ = ["CalibrationConfig", "DEFAULT_BATCH", "Int8StageResult", "quantize_export", "record_in_manifest",
+__all__ = ["CalibrationConfig", "DEFAULT_BATCH", "Int8StageResult", "record_in_manifest",
            "run_int8_stage"]

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration.stage import CalibrationConfig, record_in_manifest, run_int8_stage
     from ..errors import CheckFailedError, UsageError
     from ..export.manifest import MANIFEST_NAME, Manifest
-    from ..export.pipeline import parse_shape
+    from ..shapes import parse_shape
 
     model = Path(args.model)
     if not model.is_file():

@@ -22,7 +22,7 @@ from .._io import write_json
 from ..errors import UsageError
 from ..models.transforms import Preprocessing
 from ..parity import DEFAULT_TOLERANCES, ParityReport, compare, tolerances_for
-from ..runtime import BACKEND_CHOICES, load_runner
+from ..runtime import BACKEND_CHOICES, load_runner, runner_options
 from ..runtime.base import Runner, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,11 @@ def run_check(cfg: CheckConfig) -> tuple[ParityReport, Runner, Runner]:
     if cfg.precision is not None and cfg.precision not in DEFAULT_TOLERANCES:
         raise UsageError(f"unknown precision '{cfg.precision}'; choose one of: {', '.join(DEFAULT_TOLERANCES)}")
     seed = cfg.seed if cfg.seed is not None else 0
-    with load_runner(cfg.artifact, backend=cfg.backend, device=resolved_device(cfg),
-                     **runner_kwargs(cfg.threads)) as candidate:
+    device = resolved_device(cfg)
+    # --precision sets the tolerances, and also what a backend that has a choice (OpenVINO: f32 or
+    # bf16) runs; runner_options drops what the chosen backend does not take.
+    options = runner_options(cfg.artifact, cfg.backend, device, threads=cfg.threads, precision=cfg.precision)
+    with load_runner(cfg.artifact, backend=cfg.backend, device=device, **options) as candidate:
         with build_reference(cfg, meta, candidate, prep) as reference:
             inputs = check_inputs(cfg, candidate, prep, seed)
             precision = cfg.precision or candidate.info.precision
@@ -250,7 +253,7 @@ def run_check(cfg: CheckConfig) -> tuple[ParityReport, Runner, Runner]:
 # -- CLI ------------------------------------------------------------------------------------------
 
 def _shapes(text: str) -> tuple[Shape, ...]:
-    from ..export import parse_shape
+    from ..shapes import parse_shape
 
     try:
         return tuple(parse_shape(s.strip()) for s in text.split(",") if s.strip())

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._io import sha256_file
 from ..errors import UsageError
-from ..runtime import BACKEND_CHOICES
+from ..runtime import BACKEND_CHOICES, runner_options
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class EmbedConfig:
     batch_size: int = 32
     workers: int | None = None
     threads: int | None = None
+    precision: str | None = None  # what a backend with a choice runs (OpenVINO f32 / bf16)
     resume: bool = True
     checkpoint_every: float = 60.0  # seconds between flushes of a long job
 
@@ -92,7 +93,9 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
     paths = [os.path.abspath(p) for p in list_images(cfg.inputs)]
     if not paths:
         raise UsageError(f"no images under '{cfg.inputs}' (looked for jpg, jpeg, png, webp, bmp, tif, tiff, gif)")
-    kwargs = {"threads": cfg.threads} if cfg.threads else {}
+    # a batch job wants throughput: OpenVINO's throughput hint keeps several requests in flight
+    kwargs = runner_options(cfg.model, cfg.backend, cfg.resolved_device, threads=cfg.threads,
+                            precision=cfg.precision, hint="throughput")
     with Embedder(cfg.model, backend=cfg.backend, device=cfg.resolved_device, batch_size=cfg.batch_size,
                   workers=cfg.workers, **kwargs) as emb:
         info = emb.runner.info
@@ -155,6 +158,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda for engines, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+                   help="what a backend with a choice runs (OpenVINO: fp32 unless bf16 is asked for)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: min(8, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="start a new file instead of resuming an existing one")
@@ -189,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--num-actors and --ray-address apply to --executor ray")
     cfg = EmbedConfig(model=args.model, inputs=args.inputs, output=args.output, fmt=args.fmt, backend=args.backend,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, threads=args.threads,
-                      resume=not args.overwrite, checkpoint_every=args.checkpoint_every)
+                      precision=args.precision, resume=not args.overwrite, checkpoint_every=args.checkpoint_every)
 
     def started(emb: Any) -> None:
         info = emb.runner.info

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..export import DEFAULT_CHECK_SHAPES, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, ExportConfig, export_model, parse_shape
+from ..export import DEFAULT_CHECK_SHAPES, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, ExportConfig, export_model
+from ..shapes import parse_shape
 from ..models import variant_choices
 from ..models.heads import HEADS
 
@@ -59,6 +60,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--int8-target", choices=("onnxruntime", "tensorrt", "both"), default=None,
                    help="Q/DQ flavour (default: tensorrt when a GPU and TensorRT are usable, else onnxruntime)")
     g.add_argument("--calib-cache", default=None, help="calibration cache JSON (reused when it matches)")
+    g.add_argument("--calib-shape", default=None,
+                   help="calibration shape NxCxHxW (default: the first --opt-shape, else batch 8 at the crop size)")
+    g.add_argument("--holdout", type=int, default=None, help="images kept aside for the INT8 parity check (16)")
+    g.add_argument("--recalibrate", action="store_true", help="ignore and overwrite an existing calibration cache")
+    g.add_argument("--modelopt", action="store_true", help="make the tensorrt flavour with NVIDIA ModelOpt")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the summary table")
     p.set_defaults(func=run)
 
@@ -67,7 +73,9 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     int8 = {k: v for k, v in {
         "calib_data": args.calib_data, "method": args.calib_method, "calib_size": args.calib_size,
         "batch_size": args.calib_batch_size, "percentile": args.percentile, "target": args.int8_target,
-        "cache": args.calib_cache}.items() if v is not None}
+        "cache": args.calib_cache, "shape": parse_shape(args.calib_shape) if args.calib_shape else None,
+        "holdout": args.holdout, "recalibrate": args.recalibrate or None,
+        "modelopt": args.modelopt or None}.items() if v is not None}
     engine = {k: v for k, v in {
         "min_shapes": args.min_shape, "opt_shapes": args.opt_shape, "max_shapes": args.max_shape,
         "workspace_gib": args.workspace, "timing_cache": args.timing_cache}.items() if v is not None}

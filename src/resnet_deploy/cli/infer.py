@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..runtime import BACKEND_CHOICES
+from ..runtime import BACKEND_CHOICES, runner_options
 
 
 @dataclass
@@ -110,6 +110,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda for engines, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+                   help="what a backend with a choice runs (OpenVINO: fp32 unless bf16 is asked for)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--workers", type=int, default=None, help="decode threads (default: min(8, CPUs))")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -123,14 +125,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    kwargs: dict[str, Any] = {}
-    if args.threads:
-        kwargs["threads"] = args.threads
+    device = default_device(args.model, args.device)
+    kwargs: dict[str, Any] = runner_options(args.model, args.backend, device, threads=args.threads,
+                                            precision=args.precision)
     if args.weights is not None:
         if os.path.isfile(args.model):
             raise UsageError(f"--weights applies to a variant name; '{args.model}' is a file with its own weights")
         kwargs["weights"] = args.weights
-    with ImageModel(args.model, backend=args.backend, device=default_device(args.model, args.device),
+    with ImageModel(args.model, backend=args.backend, device=device,
                     batch_size=args.batch_size, workers=args.workers, **kwargs) as model:
         if model.head == "embedding":
             raise UsageError(f"'{args.model}' outputs embeddings (head 'embedding'), not class scores; use "

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from .._io import sha256_file, write_json
 from ..errors import UsageError
+from ..versions import package_versions
 
 MANIFEST_NAME = "manifest.json"
-_PACKAGES = ("resnet-deploy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter-common",
-             "openvino", "tensorrt", "nvidia-modelopt", "numpy")
-
-
-def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 class Manifest:

@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from .. import _io
+from .._io import save_onnx
 from ..artifacts import metadata_props
 from ..errors import UsageError
+from ..shapes import MIN_SPATIAL
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,6 @@ DEFAULT_OPSET = 18
 MIN_DYNAMO_OPSET = 18
 MAX_OPSET = 23
 EXPORTERS = ("dynamo", "torchscript")
-#: The smallest input side the check shapes and engine profiles accept: ResNet downsamples by 32,
-#: so below 32 px layer4 sees less than one pixel of the image.
-MIN_SPATIAL = 32
-#: Protobuf's hard limit is 2 GiB; above this size weights go to an external data file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def validate_opset(opset: int, exporter: str) -> None:
@@ -116,23 +113,6 @@ def simplify(model: Any) -> tuple[Any, str | None]:
     return (slim if slim is not None else model), f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
 
 
-def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
-    """Save atomically; weights go to ``<name>.data`` beside it when the model nears the 2 GiB limit."""
-    import onnx
-
-    path = Path(path)
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    with atomic_path(path) as tmp:
-        if external:
-            data_name = path.name + ".data"
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            # the data file was written next to tmp under its final name; nothing else to move
-        else:
-            onnx.save_model(model, str(tmp))
-    return path
-
-
 def export_onnx(module: nn.Module, path: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET,
                 exporter: str = "dynamo", input_name: str = "input", output_name: str = "logits",
                 sample_shape: tuple[int, int, int, int] = (2, 3, 224, 224), simplify_graph: bool = True,
@@ -175,7 +155,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike[str], *, opset: int =
         entry.key, entry.value = key, value
     model.producer_name = "resnet-deploy"
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    big = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    big = model.ByteSize() > _io.EXTERNAL_DATA_THRESHOLD
     if not big:
         onnx.checker.check_model(model, full_check=True)
     path = save_onnx(model, path)

@@ -17,14 +17,17 @@ import numpy as np
 
 from .. import __version__
 from .._io import ensure_dir
+from ..artifacts import engine_manifest_path
 from ..errors import CheckFailedError, UsageError
 from ..models import create_model, resolve_variant
 from ..models.heads import wrap_head
 from ..parity import ParityReport, Tolerances, compare, seeded_inputs, tolerances_for
 from ..progress import stage
 from .dynamic import make_dynamic
-from .manifest import Manifest, package_versions
-from .onnx_export import DEFAULT_OPSET, MIN_SPATIAL, export_onnx, validate_opset
+from ..versions import package_versions
+from .manifest import Manifest
+from ..shapes import MIN_SPATIAL, parse_shape
+from .onnx_export import DEFAULT_OPSET, export_onnx, validate_opset
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +35,6 @@ Shape = tuple[int, int, int, int]
 #: Parity shapes of every export: batch 1 at 224, an odd batch at a non-square size, a larger one.
 DEFAULT_CHECK_SHAPES: tuple[Shape, ...] = ((1, 3, 224, 224), (3, 3, 160, 288), (2, 3, 320, 320))
 ENGINE_MODES = ("auto", "always", "never")
-
-
-def parse_shape(text: str, *, rank: int = 4) -> tuple[int, ...]:
-    """``1x3x224x224`` -> (1, 3, 224, 224); ``224x224`` with rank 2."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"bad shape '{text}': expected {'x'.join(['N'] * rank)} with integers, e.g. "
-                         + ("1x3x224x224" if rank == 4 else "224x224")) from None
-    if len(dims) != rank or any(d < 1 for d in dims):
-        raise UsageError(f"bad shape '{text}': expected {rank} positive integers joined by 'x'")
-    return dims
 
 
 def validate_check_shapes(shapes: tuple[Shape, ...]) -> None:
@@ -106,6 +96,8 @@ class ExportResult:
     artifacts: dict[str, Path] = field(default_factory=dict)  # key: fp32, fp16, int8.<target>, engine.<p>
     parity: dict[str, ParityReport] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: parity keys reported but not gating (INT8 of random weights: see ``int8_stage``)
+    informational: set[str] = field(default_factory=set)
 
     @property
     def onnx_path(self) -> Path:
@@ -117,7 +109,7 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.parity.values())
+        return all(r.passed for k, r in self.parity.items() if k not in self.informational)
 
     def summary_rows(self) -> list[tuple[str, str, str, str]]:
         rows = []
@@ -128,7 +120,8 @@ class ExportResult:
             if rep is not None:
                 worst = rep.worst()
                 ccos = worst.get("min_centered_cosine")
-                verdict = ("ok" if rep.passed else "FAILED") + f" (max abs {worst.get('max_abs', float('nan')):.1e}" \
+                verdict = ("ok" if rep.passed else "informational" if key in self.informational else "FAILED") \
+                    + f" (max abs {worst.get('max_abs', float('nan')):.1e}" \
                     + (f", cent.cos {ccos:.5f})" if ccos is not None else ")")
             rows.append((key, str(path), size, verdict))
         return rows
@@ -159,7 +152,7 @@ def _metadata(cfg: ExportConfig, spec: Any, winfo: Any, num_classes: int, out_di
     prep = winfo.preprocessing
     return {
         "variant": spec.name, "weights": winfo.source, "weights_sha256": winfo.sha256 or "",
-        "num_classes": num_classes, "head": cfg.head, "normalize": str(cfg.normalize).lower(),
+        "num_classes": num_classes, "head": cfg.head, "normalize": str(cfg.normalize).lower(), "seed": cfg.seed,
         "output_dim": out_dim, "input_layout": "NHWC-uint8" if cfg.fuse_preprocess else "NCHW",
         "preprocessing": prep.to_dict(), "mean": list(prep.mean), "std": list(prep.std),
         "resize_size": prep.resize_size, "crop_size": prep.crop_size, "precision": "fp32",
@@ -228,12 +221,12 @@ def _export(cfg: ExportConfig, out: Path) -> ExportResult:
     if cfg.fp16:
         _fp16_stage(cfg, result, module, layout, timings)
     if cfg.int8:
-        _int8_stage(cfg, result, module, timings)
+        int8_stage(cfg, result, module, timings)
     if cfg.fp16 or cfg.int8:
-        _engine_stage(cfg, result, timings)
+        engine_stage(cfg, result, timings)
     manifest.save()
     if not result.passed:
-        failed = [k for k, r in result.parity.items() if not r.passed]
+        failed = [k for k, r in result.parity.items() if not r.passed and k not in result.informational]
         raise CheckFailedError(f"parity check failed for {', '.join(failed)}; artifacts kept in '{out}' for "
                                f"inspection (see manifest.json)")
     return result
@@ -269,18 +262,46 @@ def _fp16_stage(cfg: ExportConfig, result: ExportResult, module: Any, layout: st
                                        layout=layout))
 
 
-def _int8_stage(cfg: ExportConfig, result: ExportResult, module: Any, timings: dict) -> None:
-    from ..calibration import quantize_export
+def int8_stage(cfg: ExportConfig, result: ExportResult, module: Any, timings: dict) -> None:
+    """INT8: ``cfg.int8_options`` -> ``CalibrationConfig``; Q/DQ ONNX per target, the calibration cache
+    and parity on held-out images, recorded as ``int8.<target>`` in ``result`` and the manifest."""
+    from ..calibration import CalibrationConfig, record_in_manifest, run_int8_stage
 
-    quantize_export(cfg, result, module, timings)
+    defaults: dict[str, Any] = {"seed": cfg.seed}
+    opts = cfg.engine_options.get("opt_shapes")
+    if opts and "profile_opt_shape" not in cfg.int8_options:
+        defaults["profile_opt_shape"] = parse_shape(opts[0])  # calibrate at the first profile's opt shape
+    config = CalibrationConfig.from_options(dict(cfg.int8_options), **defaults)
+    res = run_int8_stage(result.artifacts["fp32"], module, result.output_dir, cfg.stem, config, timings)
+    record_in_manifest(res, result.manifest, source_name=result.artifacts["fp32"].name)
+    random_weights = not result.manifest.data.get("weights", {}).get("meaningful", True)
+    for target, path in res.artifacts.items():
+        result.artifacts[f"int8.{target}"] = path
+        if target in res.parity:
+            result.parity[f"int8.{target}"] = res.parity[target]
+            if random_weights:
+                # A random ResNet-50 gives nearly the same output for every image (raw cosine ~0.9997):
+                # the per-image signal is below INT8's resolution (centered cosine 0.84-0.89 measured),
+                # while trained weights reach 0.998-0.9999. So with random weights INT8 parity is
+                # reported, not gating; `resnet-deploy check` on the artifact still gates.
+                result.informational.add(f"int8.{target}")
+    if random_weights and res.parity:
+        result.notes.append("INT8 parity with RANDOM weights is informational (it does not fail the export): "
+                            "export real weights (--weights imagenet|PATH) for a meaningful INT8 check")
+        result.manifest.data["int8_parity_gating"] = False
+    result.notes.extend(res.notes)
+    result.manifest.save()
 
 
-def _engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None:
+def engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None:
+    """TensorRT engines from the FP16 ONNX and the TensorRT Q/DQ ONNX (whichever were written), each
+    checked against the FP32 ONNX at the profile's min/opt/max and an off-grid shape, then recorded.
+    Without a usable GPU and TensorRT: a note (``auto``), an error (``always``) or nothing (``never``)."""
     if cfg.engine == "never":
         result.notes.append("no TensorRT engine built: --engine never")
         result.manifest.data["engine"] = {"built": False, "reason": "--engine never"}
         return
-    from ..runtime.tensorrt import tensorrt_usable
+    from ..runtime.tensorrt import BuildConfig, build_engine, check_engine, tensorrt_usable
 
     usable, reason = tensorrt_usable()
     if not usable:
@@ -291,6 +312,26 @@ def _engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> Non
         result.manifest.data["engine"] = {"built": False, "reason": reason}
         log.warning(note)
         return
-    from ..runtime.tensorrt import build_and_check
-
-    build_and_check(cfg, result, timings)
+    bcfg = BuildConfig.from_options(**dict(cfg.engine_options))
+    sources = [(key, path) for key, path in result.artifacts.items() if key in ("fp16", "int8.tensorrt")]
+    if not sources:
+        raise UsageError("no FP16 or TensorRT INT8 ONNX to build an engine from: add --fp16, or --int8 with "
+                         "--int8-target tensorrt")
+    built = {}
+    for key, onnx_path in sources:
+        precision = key.split(".")[0]
+        engine = Path(onnx_path).with_suffix(".engine")
+        with stage(f"build TensorRT {precision} engine", timings):
+            br = build_engine(onnx_path, engine, bcfg)
+        with stage(f"verify {precision} engine against the FP32 ONNX", timings):
+            report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed, device=f"cuda:{bcfg.device}")
+        name = f"engine.{precision}"
+        result.artifacts[name] = engine
+        _record(result, name, report)
+        result.manifest.add_artifact(engine, precision=precision, backend="tensorrt", role="engine",
+                                     source=Path(onnx_path).name, engine_manifest=engine_manifest_path(engine).name,
+                                     tensorrt=br.manifest.tensorrt, compute_capability=br.manifest.compute_capability,
+                                     build_seconds=br.build_seconds, profiles=[p.to_dict() for p in bcfg.profiles])
+        built[precision] = engine.name
+    result.manifest.data["engine"] = {"built": True, "engines": built}
+    result.manifest.save()

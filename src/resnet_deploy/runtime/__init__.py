@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -66,22 +67,42 @@ def choose_backend(artifact: Any, backend: str = "auto", device: str = "cpu") ->
     return "torch"  # a variant name
 
 
+def _accepted(cls: type[Runner], backend: str) -> set[str]:
+    names = set(inspect.signature(cls.__init__).parameters)
+    if backend == "torch":
+        names |= set(inspect.signature(cls.from_variant).parameters)
+    return names - {"self", "args", "kwargs", "path", "model", "variant"}
+
+
+def runner_options(artifact: Any, backend: str = "auto", device: str = "cpu", **options: Any) -> dict[str, Any]:
+    """The subset of ``options`` (threads, precision, hint, ...) that the backend chosen for
+    ``artifact`` accepts, ``None`` values dropped: CLIs pass their knobs through this."""
+    chosen = choose_backend(artifact, backend, device)
+    accepted = _accepted(backend_class(chosen), chosen)
+    return {k: v for k, v in options.items() if v is not None and k in accepted}
+
+
 def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Runner:
     """A runner for an ONNX file, an engine, an ``nn.Module``, or a variant name (+ ``weights=``)."""
     chosen = choose_backend(artifact, backend, device)
     log.info("backend: %s (for %s)", chosen, artifact if not isinstance(artifact, nn.Module) else "module")
     cls = backend_class(chosen)
+    if chosen != "torch":
+        if isinstance(artifact, nn.Module):
+            raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
+        if not os.path.isfile(os.fspath(artifact)):
+            raise UsageError(f"artifact '{os.fspath(artifact)}' does not exist")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(kwargs) - _accepted(cls, chosen))
+    if unknown:
+        raise UsageError(f"backend '{chosen}' does not take option(s) {', '.join(unknown)}; it takes: "
+                         + ", ".join(sorted(_accepted(cls, chosen))))
     if chosen == "torch":
         if isinstance(artifact, nn.Module):
             return cls(artifact, device=device, **kwargs)
         return cls.from_variant(str(artifact), device=device, **kwargs)
-    if isinstance(artifact, nn.Module):
-        raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
-    path = os.fspath(artifact)
-    if not os.path.isfile(path):
-        raise UsageError(f"artifact '{path}' does not exist")
-    return cls(path, device=device, **kwargs)
+    return cls(os.fspath(artifact), device=device, **kwargs)
 
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "InputError", "Runner", "RunnerInfo", "TensorSpec", "backend_class",
-           "choose_backend", "load_runner", "openvino_available"]
+           "choose_backend", "load_runner", "openvino_available", "runner_options"]

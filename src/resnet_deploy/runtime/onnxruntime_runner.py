@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import onnx_precision
 from ..errors import MissingDependencyError, UsageError
 from .base import Runner, RunnerInfo, TensorSpec
 
@@ -25,14 +26,6 @@ _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
 }
-
-
-def _precision_of(path: str) -> str:
-    base = os.path.basename(path)
-    for p in ("int8", "fp16", "bf16"):
-        if f".{p}." in base or base.endswith(f".{p}.onnx"):
-            return p
-    return "fp32"
 
 
 class OnnxRuntimeRunner(Runner):
@@ -80,7 +73,7 @@ class OnnxRuntimeRunner(Runner):
         self.inputs = [self._spec(i) for i in self.session.get_inputs()]
         self.outputs = [self._spec(o) for o in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
-        self.info = RunnerInfo(backend="onnxruntime", device=dev, precision=_precision_of(path), artifact=path,
+        self.info = RunnerInfo(backend="onnxruntime", device=dev, precision=onnx_precision(path), artifact=path,
                                details={"providers": active, "onnxruntime": ort.__version__,
                                         "threads": threads or "default"})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -287,10 +287,6 @@ def read_config_fields(text: str) -> dict[str, Any]:
                 out[m.group(1)] = int(m.group(2)) if m.group(1) == "max_batch_size" else m.group(2)
         depth += stripped.count("{") + stripped.count("[") - stripped.count("}") - stripped.count("]")
     return out
-
-
-def dims_text(dims: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 __all__ = ["DynamicBatching", "Enum", "MAX_NAME_LENGTH", "ModelConfig", "NAME_PATTERN", "TRITON_DTYPES",

@@ -81,6 +81,12 @@ class RequestHandler:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.model.close()
 
+    def __enter__(self) -> "RequestHandler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def handle(self, arrays: list[np.ndarray]) -> list[np.ndarray | Exception]:
         """One array per request (``(b, 1)`` encoded images for bytes, ``(b, ...)`` tensors otherwise)
         -> one ``(b, D)`` float32 array or an exception per request, in order. A bad request fails

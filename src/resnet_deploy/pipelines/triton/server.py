@@ -89,7 +89,9 @@ def find_distribution(python_version: str | None = None) -> TritonDistribution:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on ``port`` now (connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -596,12 +598,17 @@ class TritonServer:
     # -- facts -----------------------------------------------------------------------------------------
     def statistics(self, model: str) -> dict[str, Any]:
         """Triton's ``/v2/models/{model}/stats`` for ``model``."""
-        import json
+        return model_statistics(self.http_url, model)
 
-        with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/stats", timeout=10) as r:
-            data = json.loads(r.read())
-        stats = data.get("model_stats") or [{}]
-        return stats[0]
+
+def model_statistics(http_url: str, model: str) -> dict[str, Any]:
+    """Triton's statistics of ``model`` (``/v2/models/{model}/stats``) from the server at ``http_url``."""
+    import json
+
+    with urllib.request.urlopen(f"{http_url.rstrip('/')}/v2/models/{model}/stats", timeout=10) as r:
+        data = json.loads(r.read())
+    stats = data.get("model_stats") or [{}]
+    return stats[0]
 
 
 def batch_histogram(stats: dict[str, Any]) -> dict[int, int]:
@@ -615,5 +622,6 @@ def batch_histogram(stats: dict[str, Any]) -> dict[int, int]:
 
 
 __all__ = ["STUB_SITE_ENV", "ServerConfig", "ServerError", "TritonDistribution", "TritonServer", "batch_histogram",
-           "check_stub_numpy", "failure_lines", "find_distribution", "free_port", "make_stub_env", "parse_log_line",
+           "check_stub_numpy", "failure_lines", "find_distribution", "free_port", "make_stub_env", "model_statistics",
+           "parse_log_line",
            "port_is_free", "stub_site_dirs"]

@@ -8,13 +8,13 @@
 Importing this package imports neither TensorRT nor any CUDA binding; they load on first use.
 """
 
-from .builder import (BuildConfig, EngineBuildError, EngineBuildResult, build_and_check, build_engine, check_engine,
+from .builder import (BuildConfig, EngineBuildError, EngineBuildResult, build_engine, check_engine,
                       engine_check_shapes, onnx_precision, tensorrt_usable)
 from .manifest import EngineManifest, IncompatibleEngineError, MachineInfo, check_compatible, read_manifest
 from .profiles import Profile, default_profiles, parse_shape, profiles_from_args, validate_profiles
 from .runner import TensorRTRunner
 
 __all__ = ["BuildConfig", "EngineBuildError", "EngineBuildResult", "EngineManifest", "IncompatibleEngineError",
-           "MachineInfo", "Profile", "TensorRTRunner", "build_and_check", "build_engine", "check_compatible",
+           "MachineInfo", "Profile", "TensorRTRunner", "build_engine", "check_compatible",
            "check_engine", "default_profiles", "engine_check_shapes", "onnx_precision", "parse_shape",
            "profiles_from_args", "read_manifest", "tensorrt_usable", "validate_profiles"]

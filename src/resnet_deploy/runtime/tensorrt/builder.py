@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..._io import sha256_file, write_bytes
-from ...artifacts import engine_manifest_path, read_metadata
+from ...artifacts import engine_manifest_path, onnx_precision, read_metadata
 from ...errors import MissingDependencyError, UsageError
 from ...progress import bar
 from .manifest import HARDWARE_COMPATIBILITY, EngineManifest, MachineInfo
@@ -181,25 +181,6 @@ class EngineBuildResult:
                 "timing_cache_loaded": self.timing_cache_loaded, "tensorrt": self.manifest.tensorrt,
                 "compute_capability": self.manifest.compute_capability,
                 "profiles": [p.to_dict() for p in self.manifest.profiles]}
-
-
-def onnx_precision(path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> str:
-    """The precision an ONNX carries: its ``precision`` metadata, else Q/DQ nodes -> int8, FP16
-    initializers -> fp16, BF16 -> bf16, otherwise fp32."""
-    meta = metadata if metadata is not None else read_metadata(path)
-    if meta.get("precision") in PRECISIONS:
-        return str(meta["precision"])
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        return "int8"
-    types = {t.data_type for t in model.graph.initializer}
-    if onnx.TensorProto.FLOAT16 in types:
-        return "fp16"
-    if onnx.TensorProto.BFLOAT16 in types:
-        return "bf16"
-    return "fp32"
 
 
 def _parse_errors(parser: Any) -> str:
@@ -434,37 +415,6 @@ def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequ
     return report
 
 
-def build_and_check(cfg: Any, result: Any, timings: dict[str, float]) -> None:
-    """The engine stage of ``resnet-export``: an engine from the FP16 ONNX and from the TensorRT Q/DQ
-    ONNX (whichever the export wrote), each checked against the FP32 ONNX, recorded in the manifest."""
-    from ...progress import stage
-
-    bcfg = BuildConfig.from_options(**dict(cfg.engine_options))
-    sources = [(key, path) for key, path in result.artifacts.items() if key in ("fp16", "int8.tensorrt")]
-    if not sources:
-        raise UsageError("no FP16 or TensorRT INT8 ONNX to build an engine from: add --fp16, or --int8 with "
-                         "--int8-target tensorrt")
-    built = {}
-    for key, onnx_path in sources:
-        precision = key.split(".")[0]
-        engine = Path(onnx_path).with_suffix(".engine")
-        with stage(f"build TensorRT {precision} engine", timings):
-            br = build_engine(onnx_path, engine, bcfg)
-        with stage(f"verify {precision} engine against the FP32 ONNX", timings):
-            report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed, device=f"cuda:{bcfg.device}")
-        name = f"engine.{precision}"
-        result.artifacts[name] = engine
-        result.parity[name] = report
-        result.manifest.data["parity"][name] = report.to_dict()
-        result.manifest.add_artifact(engine, precision=precision, backend="tensorrt", role="engine",
-                                     source=Path(onnx_path).name, engine_manifest=engine_manifest_path(engine).name,
-                                     tensorrt=br.manifest.tensorrt, compute_capability=br.manifest.compute_capability,
-                                     build_seconds=br.build_seconds, profiles=[p.to_dict() for p in bcfg.profiles])
-        built[precision] = str(engine.name)
-    result.manifest.data["engine"] = {"built": True, "engines": built}
-    result.manifest.save()
-
-
-__all__ = ["BuildConfig", "EngineBuildError", "EngineBuildResult", "build_and_check", "build_engine", "check_engine",
+__all__ = ["BuildConfig", "EngineBuildError", "EngineBuildResult", "build_engine", "check_engine",
            "create_builder", "engine_check_shapes", "import_tensorrt", "onnx_precision", "tensorrt_usable",
            "trt_logger"]

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ...errors import UsageError
-from ...export.onnx_export import MIN_SPATIAL
-from ...export.pipeline import parse_shape
+from ...shapes import MIN_SPATIAL, parse_shape
 from ..base import shape_str
 
 Shape = tuple[int, ...]
