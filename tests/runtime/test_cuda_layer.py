@@ -18,16 +18,7 @@ from resnet_deploy.runtime.tensorrt.cuda import DeviceBuffer, HostBuffer, Stream
 from resnet_deploy.runtime.tensorrt.runner import TensorRTRunner, numpy_dtype, parse_device
 
 
-def _fakes():
-    """tests/runtime/tensorrt_fakes.py, loaded by path (tests are not a package)."""
-    if "tensorrt_fakes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("tensorrt_fakes", Path(__file__).with_name("tensorrt_fakes.py"))
-        sys.modules["tensorrt_fakes"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["tensorrt_fakes"]
-
-
-fakes = _fakes()
+import tensorrt_fakes as fakes  # noqa: E402 - registered by tests/runtime/conftest.py
 CLASSES, FakeCuda, FakeEngine = fakes.CLASSES, fakes.FakeCuda, fakes.FakeEngine
 expected_logits, fake_tensorrt = fakes.expected_logits, fakes.fake_tensorrt
 

@@ -21,16 +21,7 @@ from resnet_deploy.runtime.tensorrt import (BuildConfig, EngineManifest, Incompa
 from resnet_deploy.runtime.tensorrt.manifest import gpu_compatible, rebuild_command, tensorrt_compatible
 
 
-def _fakes():
-    """tests/runtime/tensorrt_fakes.py, loaded by path (tests are not a package)."""
-    if "tensorrt_fakes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("tensorrt_fakes", Path(__file__).with_name("tensorrt_fakes.py"))
-        sys.modules["tensorrt_fakes"] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["tensorrt_fakes"]
-
-
-fakes = _fakes()
+import tensorrt_fakes as fakes  # noqa: E402 - registered by tests/runtime/conftest.py
 TINY = BuildConfig(profiles=(Profile((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96)),))
 
 #: What ``resnet-deploy build`` recorded for an engine built on an H100 with TensorRT 10.3.

@@ -27,7 +27,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .._io import atomic_path
+from .. import _io
+from .._io import save_onnx
 from ..artifacts import metadata_props, read_metadata
 from ..errors import MissingDependencyError, UsageError
 
@@ -39,8 +40,6 @@ NORMALIZATION_OPS = ("ReduceL2", "LpNormalization", "ReduceSumSquare")
 FP32_OPS = ("Softmax", "LogSoftmax", *NORMALIZATION_OPS)
 #: FP16's largest finite value: weights are clamped here, not at onnxconverter-common's default 1e4.
 FP16_MAX = 65504.0
-#: Protobuf's 2 GiB limit (with a margin): above it the weights go to an external data file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def convert_to_fp16(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLike[str], *, keep_io_types: bool = True,
@@ -84,19 +83,14 @@ def convert_to_fp16(src_onnx: str | os.PathLike[str], dst_onnx: str | os.PathLik
     # The converter leaves stale FP32 entries beside new ones in value_info (ONNX Runtime then refuses the
     # graph when a node is kept in FP32): drop them all and infer them again from the converted graph.
     del converted.graph.value_info[:]
-    big = converted.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    big = converted.ByteSize() > _io.EXTERNAL_DATA_THRESHOLD
     try:
         if not big:
             converted = onnx.shape_inference.infer_shapes(converted, strict_mode=True)
             onnx.checker.check_model(converted)
     except Exception as exc:
         raise UsageError(f"the FP16 graph of '{src}' is not valid ONNX: {_first_line(exc)}") from exc
-    with atomic_path(dst) as tmp:
-        if big:
-            onnx.save_model(converted, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=dst.name + ".data", size_threshold=1024)
-        else:
-            onnx.save_model(converted, str(tmp))
+    save_onnx(converted, dst)
     log.info("FP16 ONNX written: %s (%s; FP32 kept for ops %s%s)", dst, tool, ", ".join(blocked_ops),
              f" and nodes {', '.join(blocked_nodes)}" if blocked_nodes else "")
     return dst
