@@ -19,7 +19,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then
     TIMING=(--iterations 3 --warmup 1 --rounds 2 --pause-ms 10)
 else
     VARIANT=50; SIZE=224x224; SIZES=224x224,320x320,448x448; BATCHES=1,2,4,8,16,32
-    TIMING=(--iterations 20 --duration 10 --warmup 2s --rounds 3)
+    TIMING=(--iterations 10 --duration 4 --warmup 2s --rounds 3)
 fi
 
 mkdir -p "$OUT"

@@ -303,6 +303,14 @@ def engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None
         return
     from ..runtime.tensorrt import BuildConfig, build_engine, check_engine, tensorrt_usable
 
+    sources = [(key, path) for key, path in result.artifacts.items() if key in ("fp16", "int8.tensorrt")]
+    if not sources:
+        reason = "no FP16 or TensorRT-flavour INT8 ONNX to build from (add --fp16 or --int8-target tensorrt)"
+        if cfg.engine == "always":
+            raise UsageError(f"--engine always: {reason}")
+        result.notes.append(f"no TensorRT engine built: {reason}")
+        result.manifest.data["engine"] = {"built": False, "reason": reason}
+        return
     usable, reason = tensorrt_usable()
     if not usable:
         if cfg.engine == "always":
@@ -313,10 +321,6 @@ def engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None
         log.warning(note)
         return
     bcfg = BuildConfig.from_options(**dict(cfg.engine_options))
-    sources = [(key, path) for key, path in result.artifacts.items() if key in ("fp16", "int8.tensorrt")]
-    if not sources:
-        raise UsageError("no FP16 or TensorRT INT8 ONNX to build an engine from: add --fp16, or --int8 with "
-                         "--int8-target tensorrt")
     built = {}
     for key, onnx_path in sources:
         precision = key.split(".")[0]
