@@ -194,7 +194,7 @@ class _ProfileRunner:
 
 
 def test_profile_shapes_are_always_checked():
-    from resnet_deploy.cli.check import CheckConfig, check_inputs
+    from resnet_deploy.check import CheckConfig, check_inputs
     from resnet_deploy.models.transforms import Preprocessing
 
     runner = _ProfileRunner()
