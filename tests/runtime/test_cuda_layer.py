@@ -3,10 +3,7 @@ graphs), on a fake CUDA backend and a fake TensorRT engine, so it runs without a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest

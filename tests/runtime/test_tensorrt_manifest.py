@@ -4,10 +4,8 @@ TensorRT (tests/runtime/tensorrt_fakes.py): what is tested is this toolkit's log
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -15,7 +15,6 @@ import logging
 import os
 import warnings
 from contextlib import redirect_stdout
-from pathlib import Path
 from typing import Any
 
 import torch

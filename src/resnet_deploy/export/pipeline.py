@@ -8,7 +8,6 @@ results in ``manifest.json`` and returns an ``ExportResult``. A failed parity ch
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..._io import sha256_file, write_bytes
-from ...artifacts import engine_manifest_path, onnx_precision, read_metadata
+from ...artifacts import onnx_precision, read_metadata
 from ...errors import MissingDependencyError, UsageError
 from ...progress import bar
 from .manifest import HARDWARE_COMPATIBILITY, EngineManifest, MachineInfo
