@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
-	$(BIN)/python -m pip install -q --no-deps 'nvidia-pytriton>=0.7'
+	$(BIN)/python -m pip install -q --no-deps --no-warn-conflicts 'nvidia-pytriton>=0.7'
 	# the Triton Python-backend stub is built against NumPy 1.x: triton-serve puts this first on its path
 	$(BIN)/python -m pip install -q --upgrade --target $(VENV)/triton-stub-site 'numpy<2'
 	@touch $@
