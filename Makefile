@@ -13,14 +13,16 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
+# nvidia-pytriton is installed for its tritonserver binary only (--no-deps: its numpy<2 pin would
+# break pyarrow); the Triton Python-backend stub is built against NumPy 1.x, so it gets its own
+# NumPy 1.x directory, which triton-serve puts first on the stub's path.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip install -q --no-deps --no-warn-conflicts 'nvidia-pytriton>=0.7'
-	# the Triton Python-backend stub is built against NumPy 1.x: triton-serve puts this first on its path
-	$(BIN)/python -m pip install -q --upgrade --target $(VENV)/triton-stub-site 'numpy<2'
+	$(BIN)/python -m pip install -q --upgrade --no-warn-conflicts --target $(VENV)/triton-stub-site 'numpy<2'
 	@touch $@
 
 demo: $(STAMP)
