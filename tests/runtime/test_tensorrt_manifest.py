@@ -278,3 +278,22 @@ def test_export_engine_stage_builds_checks_and_records(monkeypatch, tmp_path, on
     assert saved["parity"]["engine.fp16"]["passed"] and saved["engine"] == {"built": True,
                                                                              "engines": {"fp16": "tiny.fp16.engine"}}
     assert read_manifest(engine).parity["passed"] and any("build TensorRT fp16" in k for k in timings)
+
+
+def test_export_engine_stage_without_an_engine_source(monkeypatch, tmp_path, onnx_model):
+    """INT8 for ONNX Runtime only leaves nothing for TensorRT: `auto` notes it, `always` is an error."""
+    from resnet_deploy.errors import UsageError
+    from resnet_deploy.export import ExportConfig, Manifest
+    from resnet_deploy.export.pipeline import ExportResult, engine_stage
+
+    fakes.install(monkeypatch)
+    out = tmp_path / "export"
+    out.mkdir()
+    artifacts = {"fp32": onnx_model, "int8.onnxruntime": onnx_model}
+    result = ExportResult(output_dir=out, manifest=Manifest(out), artifacts=dict(artifacts))
+    engine_stage(ExportConfig(variant="18", int8=True, engine="auto"), result, {})
+    assert result.notes == ["no TensorRT engine built: no FP16 or TensorRT-flavour INT8 ONNX to build from "
+                            "(add --fp16 or --int8-target tensorrt)"]
+    assert result.manifest.data["engine"]["built"] is False and set(result.artifacts) == set(artifacts)
+    with pytest.raises(UsageError, match="--engine always: no FP16 or TensorRT-flavour INT8 ONNX"):
+        engine_stage(ExportConfig(variant="18", int8=True, engine="always"), result, {})
