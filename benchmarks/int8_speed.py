@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = {("int8", "onnxruntime:fp32"): {1: 3.0, 8: 3.0}, ("int8", "torch:fp32"): {1: 5.0, 8: 4.0}}
+TARGETS = {("onnxruntime:int8", "onnxruntime:fp32"): {1: 3.0, 8: 3.0},
+           ("onnxruntime:int8", "torch:fp32"): {1: 5.0, 8: 4.0}}
 
 
 def _export(variant: str, size: int, work: Path):
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s] %(message)s", stream=sys.stderr)
 
     from resnet_deploy.bench.harness import BenchConfig, Target, Warmup, run_benchmark
+    from resnet_deploy.bench.report import speedup_checks
     from resnet_deploy.calibration import CalibrationConfig, run_int8_stage
     from resnet_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from resnet_deploy.runtime.torch_runner import TorchRunner
@@ -89,29 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = run_benchmark(targets, cfg)
     wall = time.perf_counter() - t0
-    by = {(m.label, m.batch): m for m in result.measurements}
     print(f"{name} {args.size}x{args.size}, {os.cpu_count()} CPUs, wall {wall:.0f}s; latency per batch (ms)")
-    print(f"| target | batch | median | mean | p90 | p99 | CV | images/s |")
+    print("| target | batch | median | mean | p90 | p99 | CV | images/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in result.measurements:
         s = m.stats
         print(f"| {m.label} | {m.batch} | {s.median_ms:.2f} | {s.mean_ms:.2f} | {s.p90_ms:.2f} | {s.p99_ms:.2f} | "
               f"{s.cv * 100:.1f}% | {s.throughput:.1f} |")
-    ok = True
-    print("\n| speedup of onnxruntime:int8 (median) | batch | ratio | target | |")
-    print("|---|---:|---:|---:|---|")
-    ratios = {}
-    for (_, base), need in TARGETS.items():
-        for b in batches:
-            q, r = by.get(("onnxruntime:int8", b)), by.get((base, b))
-            if q is None or r is None:
-                continue
-            ratio = r.stats.median_ms / q.stats.median_ms
-            want = need.get(b)
-            verdict = "" if want is None else ("PASS" if ratio >= want else "FAIL")
-            ok &= verdict != "FAIL"
-            ratios[f"{base}@{b}"] = ratio
-            print(f"| vs {base} | {b} | {ratio:.2f}x | {'' if want is None else f'>= {want:g}x'} | {verdict} |")
+    table, ratios, ok = speedup_checks(result, TARGETS, batches)
+    print("\n" + table)
     for note in result.notes + result.warnings:
         print(f"note: {note}")
     if args.json:

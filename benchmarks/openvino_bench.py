@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import openvino as ov
 
     from resnet_deploy.bench.harness import BenchConfig, Target, Warmup, run_benchmark
+    from resnet_deploy.bench.report import speedup_checks
     from resnet_deploy.bench.limits import cpu_peak, detect_cpu, variant_macs
     from resnet_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from resnet_deploy.runtime.openvino_runner import OpenVINORunner
@@ -225,21 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({**m.to_dict(), "speedup_vs_torch_fp32": speed, "fraction_of_peak": frac,
                      "peak": None if peak is None else peak.to_dict()})
 
-    ok = True
-    ratios: dict[str, float] = {}
-    print("\n| speedup (median latency ratio) | batch | ratio | target | |")
-    print("|---|---:|---:|---:|---|")
-    for (cand, base), need in TARGETS.items():
-        for b in batches:
-            c, r = by.get((cand, b)), by.get((base, b))
-            if c is None or r is None:
-                continue
-            ratio = r.stats.median_ms / c.stats.median_ms
-            want = need.get(b)
-            verdict = "" if want is None else ("PASS" if ratio >= want else "FAIL")
-            ok &= verdict != "FAIL"
-            ratios[f"{cand} vs {base} @ batch {b}"] = ratio
-            print(f"| {cand} vs {base} | {b} | {ratio:.2f}x | {'' if want is None else f'>= {want:g}x'} | {verdict} |")
+    table, ratios, ok = speedup_checks(result, TARGETS, batches)
+    print("\n" + table)
 
     stream: list[dict[str, Any]] = []
     if args.stream_batches > 0:

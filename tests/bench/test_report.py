@@ -9,7 +9,7 @@ from resnet_deploy.bench.harness import BenchConfig, Warmup, run_benchmark
 from resnet_deploy.bench.limits import detect_cpu, variant_macs
 from resnet_deploy.bench.plot import plot_results
 from resnet_deploy.bench.report import (CSV_COLUMNS, SCHEMA, finalize, format_table, save_csv, save_json, saturation,
-                                        to_dict)
+                                        speedup_checks, to_dict)
 
 ZEN4 = """vendor_id : AuthenticAMD
 cpu family : 25
@@ -39,6 +39,16 @@ def test_speedups_are_ratios_of_medians_over_the_baseline(result):
     assert by[("torch:fp32", 1)].speedup == pytest.approx(1.0)
     assert by[("onnxruntime:fp32", 1)].speedup == pytest.approx(4 / 3)
     assert by[("onnxruntime:fp32", 4)].speedup == pytest.approx(16 / 9)
+
+
+def test_speedup_checks_judge_each_target(result):
+    targets = {("onnxruntime:fp32", "torch:fp32"): {1: 1.5, 4: 1.5}}
+    table, ratios, ok = speedup_checks(result, targets, [1, 4])
+    assert ratios == {"onnxruntime:fp32 vs torch:fp32 @ batch 1": pytest.approx(4 / 3),
+                      "onnxruntime:fp32 vs torch:fp32 @ batch 4": pytest.approx(16 / 9)}
+    assert not ok  # 1.33x misses 1.5x at batch 1
+    assert "| 1 | 1.33x | >= 1.5x | FAIL |" in table and "| 4 | 1.78x | >= 1.5x | PASS |" in table
+    assert speedup_checks(result, {("onnxruntime:fp32", "torch:fp32"): {4: 1.5}}, [1, 4])[2]
 
 
 def test_fraction_of_peak_uses_the_work_and_this_cpus_peak(result):

@@ -178,6 +178,31 @@ def saturation(result: BenchResult) -> dict[str, dict[str, Any]]:
     return out
 
 
+def speedup_checks(result: BenchResult, targets: dict[tuple[str, str], dict[int, float]],
+                   batches: list[int]) -> tuple[str, dict[str, float], bool]:
+    """Median-latency ratios ``baseline / candidate`` for each ``(candidate, baseline)`` pair and batch,
+    judged against ``targets[(candidate, baseline)][batch]`` (no target: reported, not judged).
+    Returns a markdown table, the ratios by ``"candidate vs baseline @ batch B"``, and whether every
+    judged target was met."""
+    by = {(m.label, m.batch): m for m in result.measurements}
+    lines = ["| speedup (median latency ratio) | batch | ratio | target | |", "|---|---:|---:|---:|---|"]
+    ratios: dict[str, float] = {}
+    ok = True
+    for (cand, base), need in targets.items():
+        for b in batches:
+            c, r = by.get((cand, b)), by.get((base, b))
+            if c is None or r is None:
+                continue
+            ratio = r.stats.median_ms / c.stats.median_ms
+            want = need.get(b)
+            verdict = "" if want is None else ("PASS" if ratio >= want else "FAIL")
+            ok &= verdict != "FAIL"
+            ratios[f"{cand} vs {base} @ batch {b}"] = ratio
+            lines.append(f"| {cand} vs {base} | {b} | {ratio:.2f}x | {'' if want is None else f'>= {want:g}x'} "
+                         f"| {verdict} |")
+    return "\n".join(lines), ratios, ok
+
+
 def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
     return missing if v is None else format(v, spec)
 
