@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import MissingDependencyError, UsageError
 from .models.transforms import Preprocessing
 from .parity import DEFAULT_TOLERANCES, ParityReport, compare, tolerances_for
 from .runtime import load_runner, runner_options
@@ -76,6 +76,12 @@ def build_reference(cfg: CheckConfig, meta: dict[str, Any], candidate: Runner, p
     if cfg.reference:
         return load_runner(cfg.reference, backend=cfg.reference_backend, device=_reference_device(cfg),
                            **runner_kwargs(cfg.threads))
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "checking against PyTorch", "export",
+                                     alternative="or compare with another artifact: --reference OTHER_ARTIFACT") \
+            from exc
     from .models import create_model
     from .models.heads import wrap_head
     from .runtime.torch_runner import TorchRunner
@@ -93,7 +99,7 @@ def build_reference(cfg: CheckConfig, meta: dict[str, Any], candidate: Runner, p
     model, winfo = create_model(variant, weights=weights, num_classes=num_classes, seed=seed)
     module = wrap_head(model, head, normalize)
     if is_fused(candidate):
-        from .models.preprocessing import FusedPreprocess
+        from .models.fused import FusedPreprocess
 
         module = FusedPreprocess(module, prep).eval()
     ref = TorchRunner(module, device=_reference_device(cfg), output_name=candidate.outputs[0].name,

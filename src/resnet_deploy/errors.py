@@ -22,9 +22,10 @@ class WeightsError(UsageError):
 class MissingDependencyError(UsageError):
     """An optional package that a requested feature needs is not installed."""
 
-    def __init__(self, package: str, feature: str, extra: str | None = None) -> None:
+    def __init__(self, package: str, feature: str, extra: str | None = None, alternative: str | None = None) -> None:
         hint = f"pip install 'resnet-deploy[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{feature} needs the '{package}' package, which is not installed; {hint}")
+        tail = f" ({alternative})" if alternative else ""
+        super().__init__(f"{feature} needs the '{package}' package, which is not installed; {hint}{tail}")
         self.package = package
 
 
@@ -34,11 +35,30 @@ class CheckFailedError(ResnetDeployError):
     exit_code = 1
 
 
+#: Top-level module of an optional dependency -> the extra of resnet-deploy that installs it.
+EXTRAS_BY_MODULE = {
+    "torch": "export", "onnx": "export", "onnxscript": "export", "onnxslim": "export",
+    "onnxconverter_common": "export", "safetensors": "safetensors", "onnxruntime": "onnxruntime",
+    "openvino": "openvino", "tensorrt": "tensorrt-cu12", "cuda": "tensorrt-cu12", "pycuda": "pycuda",
+    "modelopt": "modelopt", "tritonclient": "triton", "ray": "ray", "pyarrow": "parquet", "matplotlib": "plot",
+}
+
+
+def missing_dependency(exc: ImportError, feature: str) -> MissingDependencyError | None:
+    """``exc`` as a :class:`MissingDependencyError` naming the extra, when it is an optional package
+    of this toolkit that is not installed; None for any other import failure (a bug to surface)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS_BY_MODULE:
+        return None
+    return MissingDependencyError(top, feature, EXTRAS_BY_MODULE[top])
+
+
 def require(module: str, feature: str, extra: str | None = None):
     """Import an optional dependency or raise one clear error naming it."""
     import importlib
 
     try:
         return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(module.split(".")[0], feature, extra) from exc
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise MissingDependencyError(top, feature, extra or EXTRAS_BY_MODULE.get(top)) from exc

@@ -67,6 +67,16 @@ def add_ratios(result: BenchResult, baseline: str | None = None) -> None:
 
 
 def _macs(m: Measurement) -> int | None:
+    """MACs per image (counted with torch from the variant, else with onnx from the graph); None when
+    unknown, or when neither package is installed (a thin runtime: no work and peak columns)."""
+    try:
+        return _count_macs(m)
+    except ImportError as exc:
+        log.info("no work-per-image figures: %s is not installed (pip install 'resnet-deploy[export]')", exc.name)
+        return None
+
+
+def _count_macs(m: Measurement) -> int | None:
     if m.variant:
         try:
             return variant_macs(m.variant, m.height, m.width)
@@ -75,7 +85,10 @@ def _macs(m: Measurement) -> int | None:
     if m.artifact and str(m.artifact).endswith(".onnx"):
         variant = read_metadata(m.artifact).get("variant")
         if variant:
-            return variant_macs(str(variant), m.height, m.width)
+            try:
+                return variant_macs(str(variant), m.height, m.width)
+            except ImportError:  # no torch here: count on the graph
+                pass
         return onnx_macs(str(m.artifact), m.height, m.width)
     return None
 

@@ -2,6 +2,11 @@
 
 Each subcommand lives in its own module of this package, exposing ``add_parser(subparsers)`` and
 ``run(args) -> int``. Exit codes: 0 ok, 1 a check failed, 2 bad usage or input.
+
+Only the module of the command being run is imported (all of them for ``--help``), so a serving
+command does not pay for the export stack. A command whose module needs an optional package that
+is not installed (``export`` on a runtime without PyTorch) is still listed, and says which extra to
+install when run.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import sys
 import warnings
 
 from .. import __version__
-from ..errors import ResnetDeployError
+from ..errors import ResnetDeployError, missing_dependency
 
 #: subcommand name -> module in this package, in the order ``--help`` lists them.
 COMMANDS = {
@@ -52,16 +57,51 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _unavailable(sub: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str,
+                 error: ResnetDeployError) -> None:
+    """A stand-in for a command whose module cannot be imported here: running it, with any arguments
+    (none of them is parsed: ``prefix_chars`` that no option uses), reports ``error``."""
+    p = sub.add_parser(name, help=f"(unavailable: {error})", description=str(error), prefix_chars="\0",
+                       add_help=False)
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def run(args: argparse.Namespace) -> int:
+        raise error
+
+    p.set_defaults(func=run)
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if known."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with only the one named in ``argv`` when it names one."""
     parser = _Parser(prog="resnet-deploy", description="ResNet from PyTorch to production inference.")
     parser.add_argument("--version", action="version", version=f"resnet-deploy {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    wanted = _command_in(argv) if argv is not None else None
     seen: set[str] = set()
     for name, module in COMMANDS.items():
-        mod = importlib.import_module(f"{__package__}.{module}")
+        if wanted is not None and name != wanted:
+            continue
+        try:
+            mod = importlib.import_module(f"{__package__}.{module}")
+        except ImportError as exc:
+            error = missing_dependency(exc, f"'resnet-deploy {name}'")
+            if error is None:
+                raise
+            _unavailable(sub, common, name, error)
+            continue
         if module in seen and hasattr(mod, "add_parsers"):
             continue
         if hasattr(mod, "add_parsers"):  # one module, several subcommands
@@ -79,7 +119,13 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return EXIT_USAGE
     _configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except ImportError as exc:  # an optional package a code path needs: one line naming the extra
+            error = missing_dependency(exc, f"'resnet-deploy {args.command}'")
+            if error is None:
+                raise
+            raise error from exc
     except ResnetDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -89,7 +135,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _run(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return _run(build_parser(argv), argv)
 
 
 def export_main(argv: list[str] | None = None) -> int:

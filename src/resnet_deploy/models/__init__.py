@@ -1,20 +1,37 @@
-"""The ResNet family, torchvision-compatible, with its weights and their preprocessing record."""
+"""The ResNet family, torchvision-compatible, with its weights and their preprocessing record.
+
+The facts (variants, preprocessing records) import without PyTorch; the networks, weights and
+builders import torch when first used, so serving code can read this package on a thin runtime.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..errors import UsageError
-from .registry import VARIANTS, VariantSpec, resolve_variant, variant_choices
-from .resnet import BasicBlock, Bottleneck, ResNet, conv1x1, conv3x3
+from ..errors import UsageError, require
+from .registry import HEADS, VARIANTS, VariantSpec, resolve_variant, variant_choices
 from .transforms import IMAGENET_V1, IMAGENET_V2, Preprocessing, WeightsInfo
-from .weights import checkpoint_num_classes, load_weights
+
+if TYPE_CHECKING:
+    from .resnet import BasicBlock, Bottleneck, ResNet, conv1x1, conv3x3
+    from .weights import checkpoint_num_classes, load_weights
 
 log = logging.getLogger(__name__)
+
+#: Names this package exports from its torch modules, imported on first access.
+_TORCH_NAMES = {"BasicBlock": "resnet", "Bottleneck": "resnet", "ResNet": "resnet", "conv1x1": "resnet",
+                "conv3x3": "resnet", "checkpoint_num_classes": "weights", "load_weights": "weights"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        require("torch", f"resnet_deploy.models.{name}", "export")
+        return getattr(importlib.import_module(f"{__name__}.{_TORCH_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 WeightsSpec = str | os.PathLike  # "random" | "imagenet[:TAG]" | a checkpoint path
 
@@ -26,6 +43,9 @@ def create_model(variant: str | int, *, weights: WeightsSpec | None = "random", 
     ``num_classes`` defaults to the checkpoint's own ``fc`` size, else 1000.
     """
     spec = resolve_variant(variant)
+    torch = require("torch", "building a PyTorch model", "export")
+    from .weights import checkpoint_num_classes, load_weights
+
     if num_classes is None:
         num_classes = checkpoint_num_classes(weights) or 1000
     if num_classes < 1:
@@ -87,7 +107,7 @@ def wide_resnet101_2(*, weights: WeightsSpec | None = None, **kwargs: Any) -> Re
 
 __all__ = [
     "BasicBlock", "Bottleneck", "ResNet", "conv1x1", "conv3x3", "VARIANTS", "VariantSpec", "resolve_variant",
-    "variant_choices", "create_model", "Preprocessing", "WeightsInfo", "IMAGENET_V1", "IMAGENET_V2",
+    "variant_choices", "create_model", "HEADS", "Preprocessing", "WeightsInfo", "IMAGENET_V1", "IMAGENET_V2",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
     "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 ]

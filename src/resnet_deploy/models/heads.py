@@ -6,8 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-
-HEADS = ("logits", "embedding")
+from .registry import HEADS
 
 
 class EmbeddingModel(nn.Module):

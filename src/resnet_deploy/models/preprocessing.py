@@ -14,6 +14,9 @@ operations, so results are bit-identical to torchvision's, not merely close.
 Decoding (``load_image``) returns an RGB image with the EXIF orientation applied; CMYK, grayscale,
 palette (with or without transparency), alpha, 16-bit and float images are converted to 8-bit RGB.
 Alpha is dropped (as ``PIL.Image.convert("RGB")`` does, which is what torchvision's loaders call).
+
+NumPy and Pillow only: this is the serving path. :class:`FusedPreprocess` (a torch module, for
+export) is in :mod:`resnet_deploy.models.fused` and still importable from here.
 """
 
 from __future__ import annotations
@@ -27,9 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor, nn
 
 from ..errors import UsageError
 from .transforms import Preprocessing
@@ -300,26 +301,15 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 
 # -- fused preprocessing --------------------------------------------------------------------------
 
-class FusedPreprocess(nn.Module):
-    """``model`` taking uint8 NHWC images that are already resized and cropped: ``/255``, mean/std
-    normalization and NHWC -> NCHW happen inside the graph, so a runner moves a quarter of the bytes.
+def __getattr__(name: str) -> Any:
+    # FusedPreprocess is a torch module: it lives in .fused, imported (with torch) only when asked for.
+    if name == "FusedPreprocess":
+        from .fused import FusedPreprocess
 
-    Feed it :func:`preprocess_uint8` output (stacked). The mean and std come from ``prep``.
-    """
-
-    def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
-        return self.model((x - self.mean) / self.std)
+        return FusedPreprocess
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_SUFFIXES", "FusedPreprocess", "ImageError", "ImageSource", "center_crop_box", "default_workers",
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "ImageSource", "center_crop_box", "default_workers",
            "list_images", "load_image", "normalize_uint8", "preprocess", "preprocess_many", "preprocess_uint8",
            "resize_output_size"]

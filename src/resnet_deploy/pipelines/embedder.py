@@ -22,12 +22,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
-from torch import nn
 
 from ..errors import UsageError
 from ..models.preprocessing import ImageError, default_workers, preprocess, preprocess_uint8
 from ..models.transforms import Preprocessing
-from ..runtime import load_runner
+from ..runtime import is_torch_module, load_runner
 from ..runtime.base import Runner
 
 log = logging.getLogger(__name__)
@@ -85,15 +84,17 @@ class ImageModel:
         if isinstance(artifact, Runner):
             self.runner = artifact
             self._owns_runner = False
-        elif isinstance(artifact, nn.Module):
+        elif is_torch_module(artifact):
             self.runner = load_runner(artifact, backend=backend, device=device, **runner_kwargs)
         elif isinstance(artifact, (str, os.PathLike)) and os.path.isfile(artifact):
             from ..artifacts import read_metadata
 
-            self.metadata = read_metadata(artifact)
+            self.runner = load_runner(artifact, backend=backend, device=device, **runner_kwargs)
+            # the runner's copy when it read the metadata while loading (no second parse of the file)
+            meta = self.runner.metadata
+            self.metadata = dict(meta) if meta is not None else read_metadata(artifact)
             if prep is None and isinstance(self.metadata.get("preprocessing"), dict):
                 prep = Preprocessing.from_dict(self.metadata["preprocessing"])
-            self.runner = load_runner(artifact, backend=backend, device=device, **runner_kwargs)
         else:  # a variant name (or a missing file, which load_runner reports)
             self._variant_defaults(runner_kwargs)
             self.runner = load_runner(artifact, backend=backend, device=device, **runner_kwargs)
@@ -306,10 +307,11 @@ class ImageModel:
         if head:
             return str(head)
         model = getattr(self.runner, "model", None)
-        from ..models.heads import EmbeddingModel
+        if is_torch_module(model):  # the torch backend: its module says
+            from ..models.heads import EmbeddingModel
 
-        if isinstance(model, EmbeddingModel):
-            return "embedding"
+            if isinstance(model, EmbeddingModel):
+                return "embedding"
         name = self.runner.outputs[0].name if self.runner.outputs else ""
         return name if name in ("logits", "embedding") else None
 

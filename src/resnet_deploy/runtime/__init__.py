@@ -3,7 +3,9 @@
     with load_runner("exports/resnet50/resnet50.onnx") as runner:
         logits = runner.infer(batch)
 
-Adding a backend is one module plus an entry in ``BACKENDS``.
+Adding a backend is one module plus an entry in ``BACKENDS``. Importing this package needs NumPy
+only: each backend's package (torch, onnxruntime, openvino, tensorrt) is imported when chosen, and a
+missing one is one error naming the extra to install.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import importlib.util
 import inspect
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from ..errors import UsageError
+from ..errors import MissingDependencyError, UsageError
 from .base import InputError, Runner, RunnerInfo, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,35 @@ BACKENDS: dict[str, str] = {
     "openvino": "resnet_deploy.runtime.openvino_runner:OpenVINORunner",
     "tensorrt": "resnet_deploy.runtime.tensorrt.runner:TensorRTRunner",
 }
+#: backend name -> (the package its module imports at the top, the extra that installs it).
+BACKEND_PACKAGES: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "export"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "openvino": ("openvino", "openvino"),
+    "tensorrt": ("tensorrt", "tensorrt-cu12"),
+}
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 BACKEND_CHOICES = ("auto", *BACKENDS)
+
+
+def is_torch_module(obj: Any) -> bool:
+    """``obj`` is a ``torch.nn.Module``, answered without importing torch (if torch was never
+    imported, no object can be one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def backend_class(name: str) -> type[Runner]:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend '{name}'; choose one of: {', '.join(BACKEND_CHOICES)}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    package, extra = BACKEND_PACKAGES[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != package:
+            raise
+        raise MissingDependencyError(package, f"the {name} backend", extra) from exc
 
 
 def openvino_available() -> bool:
@@ -52,7 +73,7 @@ def choose_backend(artifact: Any, backend: str = "auto", device: str = "cpu") ->
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKEND_CHOICES)}")
         return backend
-    if isinstance(artifact, nn.Module):
+    if is_torch_module(artifact):
         return "torch"
     suffix = Path(os.fspath(artifact)).suffix.lower()
     if suffix in ENGINE_SUFFIXES:
@@ -85,10 +106,11 @@ def runner_options(artifact: Any, backend: str = "auto", device: str = "cpu", **
 def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Runner:
     """A runner for an ONNX file, an engine, an ``nn.Module``, or a variant name (+ ``weights=``)."""
     chosen = choose_backend(artifact, backend, device)
-    log.info("backend: %s (for %s)", chosen, artifact if not isinstance(artifact, nn.Module) else "module")
+    module = is_torch_module(artifact)
+    log.info("backend: %s (for %s)", chosen, "module" if module else artifact)
     cls = backend_class(chosen)
     if chosen != "torch":
-        if isinstance(artifact, nn.Module):
+        if module:
             raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
         if not os.path.isfile(os.fspath(artifact)):
             raise UsageError(f"artifact '{os.fspath(artifact)}' does not exist")
@@ -98,11 +120,12 @@ def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwa
         raise UsageError(f"backend '{chosen}' does not take option(s) {', '.join(unknown)}; it takes: "
                          + ", ".join(sorted(_accepted(cls, chosen))))
     if chosen == "torch":
-        if isinstance(artifact, nn.Module):
+        if module:
             return cls(artifact, device=device, **kwargs)
         return cls.from_variant(str(artifact), device=device, **kwargs)
     return cls(os.fspath(artifact), device=device, **kwargs)
 
 
-__all__ = ["BACKENDS", "BACKEND_CHOICES", "InputError", "Runner", "RunnerInfo", "TensorSpec", "backend_class",
-           "choose_backend", "load_runner", "openvino_available", "runner_options"]
+__all__ = ["BACKENDS", "BACKEND_CHOICES", "BACKEND_PACKAGES", "ENGINE_SUFFIXES", "InputError", "Runner", "RunnerInfo",
+           "TensorSpec", "backend_class", "choose_backend", "is_torch_module", "load_runner", "openvino_available",
+           "runner_options"]

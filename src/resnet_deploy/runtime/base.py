@@ -116,6 +116,9 @@ class Runner(abc.ABC):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     info: RunnerInfo
+    #: The artifact's toolkit metadata when the backend read it while loading (ONNX Runtime does),
+    #: so callers need not parse the file a second time; None: use ``artifacts.read_metadata``.
+    metadata: dict[str, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def __enter__(self) -> "Runner":
