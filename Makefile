@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 # The CPU build of PyTorch (a plain `torch` pulls a multi-GB CUDA build onto a CPU machine).
 # On a GPU host: make TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= simplify,fp16,openvino,safetensors,parquet,plot,test,triton,ray
+# `dev` = export,onnxruntime,openvino,safetensors,parquet,plot,triton,ray,test (pyproject.toml). On a GPU host
+# take the GPU build of ONNX Runtime instead of `onnxruntime` (never both: they share one module), e.g.
+#   make EXTRAS=export,onnxruntime-gpu,tensorrt-cu12,openvino,safetensors,parquet,plot,triton,ray,test
+# on a fresh .venv (pip does not remove an `onnxruntime` that is already there).
+EXTRAS ?= dev
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 

@@ -122,7 +122,7 @@ def _convert_onnxconverter(model: Any, ops: list[str], nodes: list[str]) -> tupl
     try:
         from onnxconverter_common import float16
     except ImportError as exc:
-        raise MissingDependencyError("onnxconverter-common", "FP16 conversion", extra="fp16") from exc
+        raise MissingDependencyError("onnxconverter-common", "FP16 conversion", extra="export") from exc
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ops))
     try:
         with warnings.catch_warnings(record=True) as caught:  # one warning per clamped weight otherwise

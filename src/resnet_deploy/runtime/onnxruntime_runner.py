@@ -90,6 +90,11 @@ _ORT_TYPES = {
 }
 
 
+def ort_dtype(type_name: str) -> np.dtype:
+    """ONNX Runtime's ``tensor(float)`` ... -> the NumPy dtype (float32 for a type not listed)."""
+    return np.dtype(_ORT_TYPES.get(type_name, np.float32))
+
+
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | os.PathLike[str], *, device: str = "cpu", threads: int | None = None,
                  inter_op_threads: int | None = None, optimization: str = "all",
@@ -146,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
     @staticmethod
     def _spec(node: Any) -> TensorSpec:
         shape = tuple(d if isinstance(d, int) else (d or None) for d in node.shape)
-        return TensorSpec(node.name, np.dtype(_ORT_TYPES.get(node.type, np.float32)), shape)
+        return TensorSpec(node.name, ort_dtype(node.type), shape)
 
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays = {k: np.ascontiguousarray(v) for k, v in feeds.items()}

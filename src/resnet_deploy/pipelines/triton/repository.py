@@ -169,12 +169,17 @@ def _precision_from_name(name: str) -> str:
     return "fp32"
 
 
-def model_io(onnx_path: Path) -> ModelIO:
-    """Input/output names, dtypes and dims of an ONNX (the first input and output), and its metadata."""
-    import onnx
-    from onnx import helper
+Facts = tuple[str, str, tuple[int, ...]]  # name, dtype, dims after the batch
 
-    from ...artifacts import read_metadata
+
+def _after_batch(onnx_path: Path, name: str, dims: tuple[int, ...]) -> tuple[int, ...]:
+    if len(dims) < 2:
+        raise UsageError(f"'{onnx_path}': {name} has rank {len(dims)}; expected a batch dimension first")
+    return dims[1:]
+
+
+def _graph_io_onnx(onnx_path: Path, onnx: Any) -> tuple[Facts, Facts]:
+    from onnx import helper
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -185,16 +190,51 @@ def model_io(onnx_path: Path) -> ModelIO:
     if not inputs or not model.graph.output:
         raise UsageError(f"'{onnx_path}' has no graph input or output")
 
-    def facts(value: Any) -> tuple[str, str, tuple[int, ...]]:
+    def facts(value: Any) -> Facts:
         tt = value.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
         dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim)
-        if len(dims) < 2:
-            raise UsageError(f"'{onnx_path}': {value.name} has rank {len(dims)}; expected a batch dimension first")
-        return value.name, dtype, dims[1:]
+        return value.name, dtype, _after_batch(onnx_path, value.name, dims)
 
-    in_name, in_dtype, in_dims = facts(inputs[0])
-    out_name, out_dtype, out_dims = facts(model.graph.output[0])
+    return facts(inputs[0]), facts(model.graph.output[0])
+
+
+def _graph_io_onnxruntime(onnx_path: Path) -> tuple[Facts, Facts]:
+    """The same facts from an ONNX Runtime session, on a runtime without the onnx package."""
+    from ...errors import require
+    from ...runtime.onnxruntime_runner import ort_dtype
+
+    ort = require("onnxruntime", f"reading the inputs and outputs of '{onnx_path}'", "onnxruntime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise UsageError(f"'{onnx_path}' is not a readable ONNX file: {exc}") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if not inputs or not outputs:
+        raise UsageError(f"'{onnx_path}' has no graph input or output")
+
+    def facts(node: Any) -> Facts:
+        dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
+        return node.name, ort_dtype(node.type).name, _after_batch(onnx_path, node.name, dims)
+
+    return facts(inputs[0]), facts(outputs[0])
+
+
+def model_io(onnx_path: Path) -> ModelIO:
+    """Input/output names, dtypes and dims of an ONNX (the first input and output), and its metadata
+    (read with onnx, or with ONNX Runtime where onnx is not installed)."""
+    from ...artifacts import read_metadata
+
+    try:
+        import onnx
+    except ImportError:
+        graph_in, graph_out = _graph_io_onnxruntime(onnx_path)
+    else:
+        graph_in, graph_out = _graph_io_onnx(onnx_path, onnx)
+    (in_name, in_dtype, in_dims), (out_name, out_dtype, out_dims) = graph_in, graph_out
     meta = read_metadata(onnx_path)
     if any(d < 0 for d in out_dims) and str(meta.get("output_dim", "")).isdigit():
         out_dims = tuple(int(meta["output_dim"]) if d < 0 else d for d in out_dims)
