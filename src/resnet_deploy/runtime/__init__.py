@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from ..artifacts import verify_artifact
 from ..errors import UsageError
 from .base import InputError, Runner, RunnerInfo, TensorSpec
 
@@ -92,6 +93,7 @@ def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwa
             raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
         if not os.path.isfile(os.fspath(artifact)):
             raise UsageError(f"artifact '{os.fspath(artifact)}' does not exist")
+        verify_artifact(artifact)  # the sha256 its export manifest records, when there is one
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     unknown = sorted(set(kwargs) - _accepted(cls, chosen))
     if unknown:
