@@ -147,3 +147,100 @@ def _precision_without_onnx(path: str | os.PathLike[str]) -> str:
             return "int8"
     log.info("'%s' has no 'precision' metadata and onnx is not installed: reported as fp32", path)
     return "fp32"
+
+
+# --------------------------------------------------------------------------------------------------
+# The export manifest (``manifest.json``) as its readers see it: one schema check, one sha256 check.
+# The export stage writes it (``resnet_deploy.export.manifest``); everything downstream reads it here.
+
+MANIFEST_NAME = "manifest.json"
+#: The largest manifest a reader accepts (a real one is a few KB).
+MAX_MANIFEST_BYTES = 8 << 20
+_HEX = set("0123456789abcdef")
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def resolve_inside(directory: str | os.PathLike[str], relative: Any, *, what: str = "path") -> Path:
+    """``directory / relative``, refused (UsageError) unless it is a relative path that resolves inside
+    ``directory`` (no ``..`` escape, no absolute path, no symlink pointing out)."""
+    root = Path(directory).resolve()
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise UsageError(f"{what} {relative!r} is not a file name")
+    if os.path.isabs(relative):
+        raise UsageError(f"{what} '{relative}' is absolute; a manifest lists paths relative to its directory")
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise UsageError(f"{what} '{relative}' resolves outside '{root}'; refused")
+    return target
+
+
+def validate_manifest(data: Any, source: str | os.PathLike[str] = MANIFEST_NAME) -> dict[str, Any]:
+    """Check the shape of an export manifest: an object whose ``artifacts`` is a list of objects, each
+    with a relative ``path`` inside the directory and a hex ``sha256``. Returns ``data``."""
+    where = f"manifest '{source}'"
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} is not a JSON object (got {type(data).__name__})")
+    artifacts = data.get("artifacts", [])
+    if not isinstance(artifacts, list):
+        raise UsageError(f"{where}: 'artifacts' must be a list (got {type(artifacts).__name__})")
+    directory = Path(source).parent
+    for i, entry in enumerate(artifacts):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: artifacts[{i}] must be an object (got {type(entry).__name__})")
+        resolve_inside(directory, entry.get("path"), what=f"{where}: artifacts[{i}].path")
+        if "sha256" in entry and not _is_sha256(entry["sha256"]):
+            raise UsageError(f"{where}: artifacts[{i}].sha256 is not a sha256 hex digest")
+    for key in ("parity", "timings_s"):
+        if key in data and not isinstance(data[key], dict):
+            raise UsageError(f"{where}: '{key}' must be an object (got {type(data[key]).__name__})")
+    return data
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The validated ``manifest.json`` of ``directory``, or None when it has none."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise UsageError(f"'{path}' is not a regular file")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UsageError(f"'{path}' is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"'{path}' is not valid JSON: {exc}") from exc
+    return validate_manifest(data, path)
+
+
+def manifest_entry(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The entry of the manifest beside ``artifact`` that lists it (None: no manifest, or not listed)."""
+    p = Path(artifact)
+    manifest = read_manifest(p.parent)
+    if manifest is None:
+        return None
+    target = p.resolve()
+    for entry in manifest.get("artifacts", []):
+        if resolve_inside(p.parent, entry["path"]) == target:
+            return entry
+    return None
+
+
+def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Check ``artifact`` against the sha256 its directory's manifest records for it.
+
+    Returns the manifest entry (None when there is no manifest or it does not list the file). A
+    mismatch raises UsageError naming both hashes: the file is not the one that was exported and
+    verified (a re-export was interrupted, or the file was replaced)."""
+    from ._io import sha256_file
+
+    entry = manifest_entry(artifact)
+    if entry is None or "sha256" not in entry:
+        return entry
+    actual = sha256_file(artifact)
+    if actual != entry["sha256"]:
+        raise UsageError(f"'{artifact}' does not match its manifest: sha256 {actual}, manifest "
+                         f"'{Path(artifact).parent / MANIFEST_NAME}' records {entry['sha256']}; re-export it")
+    return entry

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .._io import sha256_file, write_json
+from ..artifacts import MANIFEST_NAME, read_manifest
 from ..errors import UsageError
 from ..versions import package_versions
-
-MANIFEST_NAME = "manifest.json"
 
 
 class Manifest:
@@ -30,13 +28,10 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "Manifest":
-        path = Path(directory) / MANIFEST_NAME
-        if not path.is_file():
+        data = read_manifest(directory)
+        if data is None:
             raise UsageError(f"no {MANIFEST_NAME} in '{directory}': is it an export directory?")
-        try:
-            return cls(directory, json.loads(path.read_text()))
-        except ValueError as exc:
-            raise UsageError(f"'{path}' is not valid JSON: {exc}") from exc
+        return cls(directory, data)
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value

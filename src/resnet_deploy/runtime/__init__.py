@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import verify_artifact
 from ..errors import MissingDependencyError, UsageError
 from .base import InputError, Runner, RunnerInfo, TensorSpec
 
@@ -114,6 +115,7 @@ def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwa
             raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
         if not os.path.isfile(os.fspath(artifact)):
             raise UsageError(f"artifact '{os.fspath(artifact)}' does not exist")
+        verify_artifact(artifact)  # the sha256 its export manifest records, when there is one
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     unknown = sorted(set(kwargs) - _accepted(cls, chosen))
     if unknown:

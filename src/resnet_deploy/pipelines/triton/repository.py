@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..._io import ensure_dir
+from ...artifacts import read_manifest, resolve_inside, verify_artifact
 from ...errors import UsageError
 from .config import (DynamicBatching, ModelConfig, TensorConfig, Warmup, preferred_batch_sizes, triton_dtype,
                      validate_config, validate_model_name)
@@ -135,18 +136,15 @@ def scan_export(export_dir: str | os.PathLike[str]) -> list[ExportArtifact]:
         raise UsageError(f"export directory '{root}' does not exist")
     manifest_path = root / "manifest.json"
     found: list[ExportArtifact] = []
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError as exc:
-            raise UsageError(f"'{manifest_path}' is not valid JSON: {exc}") from exc
-        for entry in manifest.get("artifacts") or ():
-            if not isinstance(entry, dict) or "path" not in entry:
-                continue
+    manifest = read_manifest(root)  # schema-checked; paths resolve inside the export directory
+    if manifest is not None:
+        for entry in manifest.get("artifacts", []):
+            resolve_inside(root, entry["path"])
             path = root / entry["path"]
             if not path.is_file():
                 log.warning("%s lists %s, which is missing; skipped", manifest_path, path)
                 continue
+            verify_artifact(path)
             if path.suffix.lower() == ".onnx":
                 found.append(ExportArtifact(path, "onnx", str(entry.get("precision") or "fp32")))
             elif path.suffix.lower() in ENGINE_SUFFIXES:
