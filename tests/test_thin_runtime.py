@@ -313,3 +313,18 @@ def test_help_lists_export_as_unavailable(thin_env):
     text = "".join(r.stdout.split())  # argparse wraps the help lines
     assert "export(unavailable:'resnet-deployexport'needsthe'torch'package" in text
     assert "resnet-deploy[export]" in text and "triton-serve" in text
+
+
+def test_a_serving_command_does_not_import_torch_even_where_it_is_installed(resnet18_onnx, images):
+    """Only the command's own module is imported: ``infer`` in the full environment leaves torch alone."""
+    code = textwrap.dedent(f"""
+        import sys
+        from resnet_deploy.cli.main import main
+        code = main(["infer", "--model", {str(resnet18_onnx)!r}, {str(images / "a.png")!r}, "--backend",
+                     "onnxruntime", "-q"])
+        print(code, "torch" in sys.modules)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["0", "False"]
