@@ -328,3 +328,17 @@ def test_a_serving_command_does_not_import_torch_even_where_it_is_installed(resn
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-2:] == ["0", "False"]
+
+
+def test_only_a_missing_optional_package_becomes_an_install_hint():
+    from resnet_deploy.errors import MissingDependencyError, missing_dependency
+
+    hint = missing_dependency(ModuleNotFoundError("No module named 'torch'", name="torch"), "'resnet-deploy export'")
+    assert isinstance(hint, MissingDependencyError) and hint.exit_code == 2
+    assert str(hint) == ("'resnet-deploy export' needs the 'torch' package, which is not installed; "
+                         "pip install 'resnet-deploy[export]'")
+    assert "resnet-deploy[tensorrt-cu12]" in str(missing_dependency(ModuleNotFoundError(name="tensorrt"), "x"))
+    # a broken install or a bug is not "install this extra": it surfaces as it is
+    assert missing_dependency(ImportError("cannot import name 'nn' from 'torch'", name="torch"), "x") is None
+    assert missing_dependency(ModuleNotFoundError(name="torch._C"), "x") is None
+    assert missing_dependency(ModuleNotFoundError(name="resnet_deploy.nothing"), "x") is None

@@ -46,11 +46,11 @@ EXTRAS_BY_MODULE = {
 
 def missing_dependency(exc: ImportError, feature: str) -> MissingDependencyError | None:
     """``exc`` as a :class:`MissingDependencyError` naming the extra, when it is an optional package
-    of this toolkit that is not installed; None for any other import failure (a bug to surface)."""
-    top = (exc.name or "").split(".")[0]
-    if top not in EXTRAS_BY_MODULE:
+    of this toolkit that is not installed; None for any other import failure (a broken install or a
+    bug, to surface as it is)."""
+    if not isinstance(exc, ModuleNotFoundError) or exc.name not in EXTRAS_BY_MODULE:
         return None
-    return MissingDependencyError(top, feature, EXTRAS_BY_MODULE[top])
+    return MissingDependencyError(exc.name, feature, EXTRAS_BY_MODULE[exc.name])
 
 
 def require(module: str, feature: str, extra: str | None = None):

@@ -57,8 +57,8 @@ def backend_class(name: str) -> type[Runner]:
     package, extra = BACKEND_PACKAGES[name]
     try:
         return getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] != package:
+    except ModuleNotFoundError as exc:
+        if exc.name != package:  # only the package itself missing; anything else is a real error
             raise
         raise MissingDependencyError(package, f"the {name} backend", extra) from exc
 
