@@ -342,3 +342,58 @@ def test_only_a_missing_optional_package_becomes_an_install_hint():
     assert missing_dependency(ImportError("cannot import name 'nn' from 'torch'", name="torch"), "x") is None
     assert missing_dependency(ModuleNotFoundError(name="torch._C"), "x") is None
     assert missing_dependency(ModuleNotFoundError(name="resnet_deploy.nothing"), "x") is None
+
+
+@pytest.mark.slow
+def test_triton_serve_without_torch_answers_like_the_embedder(thin_env, embedding_export, images, tmp_path):
+    """``triton-serve`` itself, and the Python-model instances it starts (the backend stub inherits the
+    import path, blocker included), serve encoded images without torch."""
+    import signal
+    import threading
+
+    from resnet_deploy.pipelines import Embedder
+    from resnet_deploy.pipelines.triton import server as tserver
+
+    try:
+        tserver.find_distribution()
+    except Exception as exc:  # noqa: BLE001 - any reason the server cannot be found is a reason to skip
+        pytest.skip(f"nvidia-pytriton (the Triton server binary) cannot be used here: {exc}")
+    httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
+    repo = tmp_path / "repo"
+    r = run_thin(thin_env, "triton-repo", embedding_export, "-o", repo, "--name", "r18", "--entries", "bytes",
+                 "--runner-backend", "onnxruntime", "-q")
+    assert r.returncode == 0, r.stderr
+    http, grpc = tserver.free_port(), tserver.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_deploy.cli.main", "triton-serve", str(repo), "--http-port",
+                             str(http), "--grpc-port", str(grpc), "--no-metrics"], env=thin_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(300) and proc.poll() is None, "triton-serve did not start:\n" + "".join(lines[-40:])
+        data = [(images / "a.png").read_bytes(), (images / "b.jpg").read_bytes()]
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}", connection_timeout=120, network_timeout=120)
+        try:
+            inp = httpclient.InferInput("image", [len(data), 1], "BYTES")
+            inp.set_data_from_numpy(np.array(data, dtype=object).reshape(-1, 1))
+            got = client.infer("r18_bytes", [inp]).as_numpy("embedding")
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    with Embedder(embedding_export / "resnet18-embedding.onnx", backend="onnxruntime") as emb:
+        ref = emb.embed([images / "a.png", images / "b.jpg"])
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
