@@ -66,10 +66,6 @@ def mb(n: float) -> float:
 
 # -- sizes -------------------------------------------------------------------------------------------
 
-def _name(req: str) -> str:
-    return re.split(r"[\s\[<>=!~;(]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
-
-
 def closure(requirements: list[str]) -> dict[str, int]:
     """Installed distributions that ``requirements`` pull in (markers of extras not followed), with the
     bytes of their installed files, as found in this environment."""
@@ -146,8 +142,8 @@ def sizes(before: Path, thin: Path) -> dict:
     full = closure(new["dependencies"] + expand(extras, ["dev"]))
     top = sorted(base_before.items(), key=lambda kv: -kv[1])[:8]
     return {
-        "closure_mb": {"before_base": mb(sum(base_before.values())), "after_base_onnxruntime": mb(sum(base_after.values())),
-                       "full_dev": mb(sum(full.values()))},
+        "closure_mb": {"before_base": mb(sum(base_before.values())),
+                       "after_base_onnxruntime": mb(sum(base_after.values())), "full_dev": mb(sum(full.values()))},
         "closure_packages": {"before_base": sorted(base_before), "after_base_onnxruntime": sorted(base_after)},
         "largest_before_mb": {k: mb(v) for k, v in top},
         "venv_du_mb": {"runtime_only": mb(du(thin)), "full_make_setup": mb(du(Path(sys.prefix)))},

@@ -123,7 +123,8 @@ def test_serving_modules_import_with_torch_set_to_none():
 def test_embedder_rows_are_bit_identical_without_torch(thin_env, embedding_onnx, images):
     from resnet_deploy.pipelines import Embedder
 
-    files = sorted(str(p) for p in images.rglob("*") if p.suffix in (".png", ".jpg", ".webp") and "broken" not in p.name)
+    files = sorted(str(p) for p in images.rglob("*")
+                   if p.suffix in (".png", ".jpg", ".webp") and "broken" not in p.name)
     code = textwrap.dedent(f"""
         import sys, numpy as np
         from resnet_deploy.pipelines import Embedder

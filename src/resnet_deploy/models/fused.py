@@ -12,7 +12,8 @@ class FusedPreprocess(nn.Module):
     """``model`` taking uint8 NHWC images that are already resized and cropped: ``/255``, mean/std
     normalization and NHWC -> NCHW happen inside the graph, so a runner moves a quarter of the bytes.
 
-    Feed it :func:`~resnet_deploy.models.preprocessing.preprocess_uint8` output (stacked). The mean and std come from ``prep``.
+    Feed it :func:`~resnet_deploy.models.preprocessing.preprocess_uint8` output (stacked). The mean
+    and std come from ``prep``.
     """
 
     def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
