@@ -227,7 +227,7 @@ def parse_signatures(name: str, doc: str | None) -> list[dict[str, Any]]:
             params.append({"name": pname, "kind": kind if not p.startswith("**") else "varkw",
                            "default": " = " in p or p.endswith("=None")})
         ret = (m.group(3) or "").strip()
-        ret_name = re.sub(r"^typing\.Optional\[(.*)\]$", r"\1", ret).split(".")[-1].strip() if ret else None
+        ret_name = re.split(r"[.:]", re.sub(r"^typing\.Optional\[(.*)\]$", r"\1", ret))[-1].strip(" ]") if ret else None
         sigs.append({"params": params, "returns": ret_name, "optional_return": ret.startswith("typing.Optional")
                      or ret.endswith("| None")})
     return sigs

@@ -49,6 +49,14 @@ def _entry(surface: dict[str, Any], dotted: str) -> dict[str, Any] | None:
     return node
 
 
+def returned(surface: dict[str, Any], sig: dict[str, Any]) -> str | None:
+    """A signature's return type as a module name (pybind prints some as C++ types: ``IParserError``)."""
+    ret = sig.get("returns")
+    if ret and ret not in surface["module"] and ret.startswith("I") and ret[1:] in surface["module"]:
+        return ret[1:]
+    return ret
+
+
 def _match(sig: dict[str, Any], npos: int, keywords: list[str], bound: bool) -> bool:
     params = sig["params"][1:] if bound and sig["params"] and sig["params"][0]["name"] == "self" else sig["params"]
     if any(p["kind"] in ("var", "varkw") for p in params):
@@ -165,7 +173,7 @@ class _Scan:
                 return ft[4:]
             if isinstance(ft, str) and ft.startswith("meth:"):
                 e = _entry(self.surface, ft[5:])
-                ret = (e or {}).get("signatures", [{}])[0].get("returns") if (e or {}).get("signatures") else None
+                ret = returned(self.surface, e["signatures"][0]) if (e or {}).get("signatures") else None
                 return ret if ret and ret not in SCALARS and ret in self.surface["module"] else None
             target = self._local_function(fname, scope, f)
             if target is not None:
@@ -457,7 +465,11 @@ def _compare_method(path: str, fn: Any, entry: dict[str, Any], surface: dict[str
     if params and params[0].name == "self":
         params = params[1:]
     sigs = entry.get("signatures") or []
-    if sigs and not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+    if sigs and any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params) and \
+            not any(q["kind"] != "normal" for s in sigs for q in s["params"]):
+        out.append(f"fake {path} accepts any arguments; TensorRT {version} takes only "
+                   + " | ".join(_sig_text(s) for s in sigs))
+    elif sigs:
         def same(sig: dict[str, Any]) -> bool:
             real = [p for p in sig["params"] if p["name"] != "self"]
             return [p.name for p in params] == [p["name"] for p in real] and \
@@ -469,7 +481,8 @@ def _compare_method(path: str, fn: Any, entry: dict[str, Any], surface: dict[str
                        + " | ".join(_sig_text(s) for s in sigs))
         elif any(p.kind == p.KEYWORD_ONLY for p in params):
             out.append(f"fake {path} has keyword-only parameters; pybind takes them positionally too")
-    returns = {s.get("returns") for s in sigs} - {None}
+    # bool and TensorRT's own types must be returned as such (Dims: the code only iterates it; tuples do)
+    returns = {r for r in (returned(surface, s) for s in sigs) if r == "bool" or (r in surface["module"] and r != "Dims")}
     ann = inspect.signature(fn).return_annotation
     if returns and ann is inspect.Signature.empty:
         out.append(f"fake {path} has no return annotation; TensorRT {version} returns {' or '.join(sorted(returns))}")
