@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,7 +255,7 @@ def check_source(src_dir: Path, surface: dict[str, Any], *, root: Path | None = 
     files = {}
     for path in sorted(Path(src_dir).rglob("*.py")):
         text = path.read_text()
-        if "tensorrt" in text or "trt." in text:
+        if re.search(r"\btrt\b|import tensorrt", text):  # where the module object is used by name
             files[str(path.relative_to(root or src_dir))] = ast.parse(text, str(path))
     scan = _Scan(files, surface)
     scan.infer()
