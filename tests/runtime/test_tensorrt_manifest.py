@@ -33,25 +33,6 @@ RECORDED = {
 }
 
 
-@pytest.fixture()
-def onnx_model(tmp_path):
-    """A small dynamic ONNX with toolkit metadata (the fake TensorRT only reads its graph)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
-    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pooled"], name="/avgpool/Pool"),
-                               helper.make_node("Flatten", ["pooled"], ["logits"], name="/Flatten")], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    for k, v in {"variant": "resnet18", "precision": "fp16",
-                 "preprocessing": json.dumps({"resize_size": 256, "crop_size": 224})}.items():
-        model.metadata_props.add(key=k, value=v)
-    path = tmp_path / "tiny.fp16.onnx"
-    onnx.save(model, str(path))
-    return path
-
-
 # -- recorded manifests and the decision -----------------------------------------------------------
 
 def test_manifest_round_trip(tmp_path):
