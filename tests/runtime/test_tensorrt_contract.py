@@ -79,7 +79,8 @@ def test_runner_and_builder_tests_pass_with_the_real_enums_and_base_classes(key)
     env[fakes.REAL_ENV] = key
     env.pop("LD_LIBRARY_PATH", None)  # loaded in process: the stand-in is preloaded by soname
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           str(HERE / "test_cuda_layer.py"), str(HERE / "test_tensorrt_manifest.py")],
+                           str(HERE / "test_cuda_layer.py"), str(HERE / "test_tensorrt_manifest.py"),
+                           str(HERE / "test_tensorrt_defects.py")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
