@@ -34,7 +34,7 @@ VERSIONS: dict[str, tuple[str, str]] = {
     "11.4-cu13": ("tensorrt-cu13-bindings==11.4.0.106", "11"),
     "11.4-cu12": ("tensorrt-cu12-bindings==11.4.0.106", "11"),
 }
-CUDA_BINDINGS = "cuda-bindings>=12.9,<14"  # cuda-python's runtime module (answers 35 without a driver)
+CUDA_BINDINGS = "cuda-bindings>=12.9,<14 cuda-pathfinder"  # cuda-python's runtime (answers 35 without a driver)
 
 STANDIN_C = r"""
 /* Stand-in for libnvinfer / libnvinfer_plugin / libnvonnxparser: the nine symbols the TensorRT Python
@@ -87,7 +87,7 @@ def _pip_target(name: str, requirement: str, timeout: float = 240) -> Path:
         tmp = cache_dir() / f".{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-               "--target", str(tmp), requirement]
+               "--target", str(tmp), *requirement.split(" ")]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
