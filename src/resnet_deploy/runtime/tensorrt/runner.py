@@ -220,10 +220,9 @@ class TensorRTRunner(Runner):
     def _max_output_shapes(self, out_names: list[str]) -> dict[str, list[Shape]]:
         """Output shapes at each profile's max input shapes (shape inference only: no device memory)."""
         trt, engine = self._trt, self._engine
-        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
         with self._cuda.activate(self._ordinal):
-            ctx = engine.create_execution_context(strategy) if strategy is not None else \
-                engine.create_execution_context()
+            # no device memory: this context only infers output shapes (10.x and 11.x have the strategy)
+            ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if ctx is None:
                 raise UsageError("TensorRT could not create an execution context (out of GPU memory?)")
             stream = Stream(self._cuda)
