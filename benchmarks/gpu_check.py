@@ -332,6 +332,11 @@ def rebuild_and_run(d: dict[str, Any], out: Path, timeout: float) -> None:
         for t in threads:
             t.join()
         multi = 4 * 5 * len(batches) * 4 / (time.perf_counter() - t0)
+        # context i holds profile i (two profile copies: two contexts for four threads)
+        bound = [(i, s.profile) for i, s in enumerate(runner._slots) if s is not None]
+        if not bound or any(i != p for i, p in bound):
+            errors.append(f"contexts and profiles: {bound}")
+        d["contexts_and_profiles"] = bound
         on_gpu = runner.infer(torch.from_numpy(batches[0]).cuda())
     with TensorRTRunner(engine, cuda_graph=True) as graphed:
         graph_out = [graphed.infer(batches[0]) for _ in range(3)]
