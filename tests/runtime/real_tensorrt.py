@@ -77,8 +77,21 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_FAILED: dict[str, str] = {}  # requirement -> why, so an unreachable registry is asked once per process
+
+
 def _pip_target(name: str, requirement: str, timeout: float = 240) -> Path:
     """``pip install --no-deps --target`` once into the cache; later calls reuse the directory."""
+    if requirement in _FAILED:
+        raise Unavailable(_FAILED[requirement])
+    try:
+        return _pip_install(name, requirement, timeout)
+    except Unavailable as exc:
+        _FAILED[requirement] = str(exc)
+        raise
+
+
+def _pip_install(name: str, requirement: str, timeout: float) -> Path:
     target = cache_dir() / name
     done = target / ".complete"
     with _locked(cache_dir() / f".{name}.lock"):
@@ -87,7 +100,7 @@ def _pip_target(name: str, requirement: str, timeout: float = 240) -> Path:
         tmp = cache_dir() / f".{name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-               "--target", str(tmp), *requirement.split(" ")]
+               "--timeout", "20", "--retries", "1", "--target", str(tmp), *requirement.split(" ")]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
