@@ -66,11 +66,11 @@ class Check:
             yield rec["details"]
         except Skip as exc:
             rec.update(status="not run", reason=str(exc))
+        except subprocess.TimeoutExpired as exc:  # a step the budget cut short did not fail
+            rec.update(status="not run (budget)", reason=f"stopped at the end of the budget ({exc.timeout:.0f}s)")
         except Exception as exc:  # noqa: BLE001 - a check reports and goes on
             rec.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             traceback.print_exc()
-        except subprocess.TimeoutExpired as exc:
-            rec.update(status="not run (budget)", reason=f"stopped at the end of the budget ({exc.timeout:.0f}s)")
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         print(f"   {rec['status']} ({rec['seconds']}s){': ' + rec['reason'] if 'reason' in rec else ''}", flush=True)
         self.save()

@@ -57,3 +57,35 @@ def test_require_gpu_fails_and_says_what_is_missing(env, tmp_path):
     assert "--require-gpu: no usable GPU (cudaGetDeviceCount failed" in proc.stdout + proc.stderr
     assert "no usable TensorRT" in proc.stdout + proc.stderr
     assert all(s["status"] != "failed" for s in summary["steps"])
+
+
+def _gpu_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_steps_that_do_not_fit_the_budget_are_not_run_not_failed(tmp_path):
+    gc = _gpu_check_module()
+    check = gc.Check(tmp_path, budget=10.0)
+    with check.step("fits", need_seconds=1) as d:
+        d["x"] = 1
+    with check.step("too big", need_seconds=60) as d:
+        assert d is None
+    with check.step("cut short by the budget", need_seconds=1) as d:
+        raise subprocess.TimeoutExpired(["resnet-deploy"], 5.0)
+    with check.step("no GPU") as d:
+        raise gc.Skip("no usable GPU")
+    with check.step("broken") as d:
+        raise ValueError("boom")
+    status = {s["step"]: s["status"] for s in check.steps}
+    assert status == {"fits": "ok", "too big": "not run (budget)", "cut short by the budget": "not run (budget)",
+                      "no GPU": "not run", "broken": "failed"}
+    assert all("seconds" in s for s in check.steps)  # every step says how long it took
+    assert "needs ~60s" in check.steps[1]["reason"]
+    assert check.failed  # only the real failure counts
+    table = (tmp_path / "summary.md").read_text()
+    assert "| too big | not run (budget) | 0.0 |" in table
