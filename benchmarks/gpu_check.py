@@ -273,7 +273,8 @@ def export_engines(d: dict[str, Any], out: Path, variant: str, int8: bool, timeo
             "--engine", "always", "--min-shape", PROFILE[0], "--opt-shape", PROFILE[1], "--max-shape", PROFILE[2],
             "--timing-cache", str(out / "timing.cache"), "--output", str(target)]
     # 64 calibration images, calibrated once: the cache beside the ONNX is reused by later runs
-    args += ["--int8", "--int8-target", "tensorrt", "--calib-data", "synthetic", "--calib-size", "64"] if int8 else ["--fp16"]
+    args += (["--int8", "--int8-target", "tensorrt", "--calib-data", "synthetic", "--calib-size", "64"] if int8
+             else ["--fp16"])
     rc, seconds = run_cli(args, out / "logs" / f"export-{target.name}.log", timeout)
     d.update(command="resnet-deploy " + " ".join(args), rc=rc, seconds=seconds)
     manifest = target / "manifest.json"

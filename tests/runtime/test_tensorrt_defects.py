@@ -275,3 +275,17 @@ def test_gpu_count_without_cuda_python_asks_nvidia_smi(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     n, why = cuda_mod.gpu_count()
     assert n == 0 and "nvidia-smi is not on PATH" in why
+
+
+def test_build_on_a_device_cuda_cannot_select_says_so(monkeypatch, tmp_path, onnx_model):
+    from resnet_deploy.runtime.tensorrt.cuda import CudaError
+
+    cuda = fakes.FakeCuda()
+    fakes.install(monkeypatch, cuda=cuda)
+
+    def refuse(ordinal):
+        raise CudaError("cudaSetDevice failed: invalid device ordinal (cudaErrorInvalidDevice)")
+
+    monkeypatch.setattr(cuda, "activate", refuse)
+    with pytest.raises(UsageError, match=r"cannot build on cuda:3: no usable CUDA device \(cudaSetDevice failed"):
+        build_engine(onnx_model, tmp_path / "e.engine", BuildConfig(profiles=TINY.profiles, device=3))
