@@ -359,19 +359,15 @@ def _on_device(device: int) -> Iterator[None]:
                              f"CUDA_VISIBLE_DEVICES={device} and device 0")
         yield
         return
-    cuda = get_backend()
-    try:
-        cm = cuda.activate(device)
-        cm.__enter__()
-    except UsageError as exc:
-        from .cuda import binding_cuda_major, driver_cuda_version, driver_hint
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(get_backend().activate(device))
+        except UsageError as exc:
+            from .cuda import binding_cuda_major, driver_cuda_version, driver_hint
 
-        raise UsageError(f"cannot build on cuda:{device}: {NO_DEVICE} ({exc})"
-                         f"{driver_hint(binding_cuda_major(), driver_cuda_version())}") from exc
-    try:
+            raise UsageError(f"cannot build on cuda:{device}: {NO_DEVICE} ({exc})"
+                             f"{driver_hint(binding_cuda_major(), driver_cuda_version())}") from exc
         yield
-    finally:
-        cm.__exit__(None, None, None)
 
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
