@@ -215,7 +215,8 @@ def _events_and_graph(cuda: Any, stream: Any, host: Any, dev: Any, dev2: Any, ba
     """CUDA events around a device copy, then a graph that captured a copy, replayed onto fresh data."""
     rt = cuda._rt
     s = cuda._objects.get(stream.handle, stream.handle)
-    start, end = cuda._call("cudaEventCreate", rt.cudaEventCreate()), cuda._call("cudaEventCreate", rt.cudaEventCreate())
+    start = cuda._call("cudaEventCreate", rt.cudaEventCreate())
+    end = cuda._call("cudaEventCreate", rt.cudaEventCreate())
     cuda._call("cudaEventRecord", rt.cudaEventRecord(start, s))
     stream.dtod(dev2, dev.ptr, x.nbytes)
     cuda._call("cudaEventRecord", rt.cudaEventRecord(end, s))
@@ -405,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     with check.step("bench on the GPU (CUDA events): torch, torch.compile, FP32/FP16", need_seconds=60) as d:
         if d is not None:
             bench_cuda_events(d, out, timeout=left(60))
-    trt_steps = [("resnet-export --variant 18 --fp16 --engine always", 40, lambda d: export_engines(
-                     d, out, "18", int8=False, timeout=left(40))),
-                 ("resnet-export --variant 18 --int8 --int8-target tensorrt --engine always", 50, lambda d: export_engines(
-                     d, out, "18", int8=True, timeout=left(50))),
+    trt_steps = [("resnet-export --variant 18 --fp16 --engine always", 40,
+                  lambda d: export_engines(d, out, "18", int8=False, timeout=left(40))),
+                 ("resnet-export --variant 18 --int8 --int8-target tensorrt --engine always", 50,
+                  lambda d: export_engines(d, out, "18", int8=True, timeout=left(50))),
                  ("timing-cache rebuild x2 profiles, 4 threads, CUDA graph, torch CUDA input (ResNet-18 FP16)", 30,
                   lambda d: rebuild_and_run(d, out, timeout=left(30))),
                  ("resnet-export --variant 50 --fp16 --engine always", 60, lambda d: export_engines(

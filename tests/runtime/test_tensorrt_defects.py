@@ -14,12 +14,11 @@ import pytest
 
 from resnet_deploy.errors import UsageError
 from resnet_deploy.runtime import InputError
-from resnet_deploy.runtime.tensorrt import BuildConfig, build_engine, read_manifest, tensorrt_usable
+from resnet_deploy.runtime.tensorrt import BuildConfig, Profile, build_engine, tensorrt_usable
 from resnet_deploy.runtime.tensorrt import cuda as cuda_mod
 from resnet_deploy.runtime.tensorrt.runner import TensorRTRunner
 
 import tensorrt_fakes as fakes  # noqa: E402 - registered by tests/runtime/conftest.py
-from resnet_deploy.runtime.tensorrt import Profile
 
 TINY = BuildConfig(profiles=(Profile((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96)),))
 
@@ -61,7 +60,8 @@ def _scaled_onnx(path, scale: float):
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]), helper.make_node("Mul", ["flat", "s"], ["logits"])]
     init = [numpy_helper.from_array(np.array([scale, -scale, scale], np.float32), "s")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], init), opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], init),
+                              opset_imports=[helper.make_opsetid("", 18)])
     onnx.save(model, str(path))
     return path
 

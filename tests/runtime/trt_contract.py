@@ -132,7 +132,9 @@ class _Scan:
             e = self.surface["module"].get(attr)
             if e is None:
                 return None
-            return f"cls:{attr}" if e["kind"] in ("class", "enum") else f"fn:{attr}" if e["kind"] == "function" else None
+            if e["kind"] in ("class", "enum"):
+                return f"cls:{attr}"
+            return f"fn:{attr}" if e["kind"] == "function" else None
         if isinstance(t, str) and t.startswith("cls:"):
             e = _entry(self.surface, f"{t[4:]}.{attr}")
             if e is None:
@@ -483,7 +485,8 @@ def _compare_method(path: str, fn: Any, entry: dict[str, Any], surface: dict[str
         elif any(p.kind == p.KEYWORD_ONLY for p in params):
             out.append(f"fake {path} has keyword-only parameters; pybind takes them positionally too")
     # bool and TensorRT's own types must be returned as such (Dims: the code only iterates it; tuples do)
-    returns = {r for r in (returned(surface, s) for s in sigs) if r == "bool" or (r in surface["module"] and r != "Dims")}
+    returns = {r for r in (returned(surface, s) for s in sigs)
+               if r == "bool" or (r in surface["module"] and r != "Dims")}
     ann = inspect.signature(fn).return_annotation
     if returns and ann is inspect.Signature.empty:
         out.append(f"fake {path} has no return annotation; TensorRT {version} returns {' or '.join(sorted(returns))}")
