@@ -74,11 +74,12 @@ def test_fake_offers_nothing_the_real_module_lacks(surface):
 
 
 @pytest.mark.parametrize("key", ["10.13", "11.4-cu13"])
-def test_runner_and_builder_tests_pass_with_the_real_enums_and_base_classes(key):
+def test_runner_and_builder_tests_pass_with_the_real_enums_and_base_classes(key, tmp_path):
     env = _env(key)
     env[fakes.REAL_ENV] = key
     env.pop("LD_LIBRARY_PATH", None)  # loaded in process: the stand-in is preloaded by soname
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           f"--basetemp={tmp_path / 'inner'}",
                            str(HERE / "test_cuda_layer.py"), str(HERE / "test_tensorrt_manifest.py"),
                            str(HERE / "test_tensorrt_defects.py")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
