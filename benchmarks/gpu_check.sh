@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole GPU check in one script, for a GPU host (target: under five minutes on one H100/H200):
-#   bash benchmarks/gpu_check.sh [OUT_DIR]      (default gpu_check_out/; `make gpu-check` runs it)
+# The whole GPU check in one script, for a GPU host (sized to under five minutes on one H100/H200):
+#   bash benchmarks/gpu_check.sh [OUT_DIR] [--require-gpu [--allow-no-tensorrt]]   (`make gpu-check` runs it)
 # Writes OUT_DIR/nvidia-smi.txt, summary.md, summary.json, logs/, exports/, engines/, pytest-gpu.xml.
-# Without TensorRT it still checks CUDA and PyTorch on the GPU and says that TensorRT was skipped.
-# Extra arguments go to gpu_check.py (e.g. --variants 18, --budget 240, --no-pytest).
+# Every step is ok, failed, "not run" (no GPU / no TensorRT: the reason is given) or "not run (budget)",
+# with its time. Without TensorRT it still checks the CUDA layer (cuda-bindings), PyTorch FP32/FP16 on the
+# GPU and the bench's CUDA-event path. --require-gpu exits 3 unless a GPU and TensorRT were usable.
+# Extra arguments go to gpu_check.py (e.g. --budget 240, --no-pytest).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_check_out}

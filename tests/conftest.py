@@ -11,6 +11,8 @@ os.environ.setdefault("RESNET_DEPLOY_PROGRESS", "0")
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only where a CUDA device and TensorRT are present; elsewhere they skip with the reason."""
+    if not any("gpu" in item.keywords for item in items):
+        return
     reason = _gpu_skip_reason()
     if reason is None:
         return
@@ -21,17 +23,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _gpu_skip_reason() -> str | None:
+    """Asked of the CUDA layer (cuda-python's cudaGetDeviceCount, else nvidia-smi), not of torch, which may
+    be a CPU build on a GPU host; then whether TensorRT can build and run engines there."""
+    from resnet_deploy.runtime.tensorrt import tensorrt_usable
+    from resnet_deploy.runtime.tensorrt.cuda import gpu_count
+
+    count, why = gpu_count()
+    if count == 0:
+        return f"needs an NVIDIA GPU: {why}"
+    usable, why = tensorrt_usable()
+    if not usable:
+        return f"needs TensorRT on the GPU: {why}"
     try:
         import torch
 
         if not torch.cuda.is_available():
-            return "needs an NVIDIA GPU: torch sees no CUDA device"
+            return "the GPU tests compare with PyTorch on the GPU: this torch has no CUDA (install a CUDA build)"
     except ImportError:  # pragma: no cover
         return "needs torch with CUDA"
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "needs TensorRT (pip install tensorrt): not installed"
     return None
 
 

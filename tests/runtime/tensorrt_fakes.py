@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import json
+import os
 import threading
 import time
 import types
@@ -21,6 +23,8 @@ import numpy as np
 from resnet_deploy.runtime.tensorrt.cuda import DeviceInfo
 
 CLASSES = 5
+#: set to a key of real_tensorrt.VERSIONS: ``install`` swaps that version's real enums and base classes in
+REAL_ENV = "RESNET_DEPLOY_FAKE_TRT_REAL"
 
 
 class FakeCuda:
@@ -37,6 +41,9 @@ class FakeCuda:
         self.graphs_made = 0
         self._next = 1
         self._lock = threading.Lock()
+        self._current = threading.local()
+        self.activated: list[int] = []
+        self.fail_capture_end = False  # graph_end raises, as when the enqueue invalidated the capture
 
     def device_count(self) -> int:
         return self.devices
@@ -47,9 +54,20 @@ class FakeCuda:
     def versions(self) -> dict[str, str]:
         return {"cuda_driver": "12.8", "cuda_runtime": "12.8"}
 
+    @property
+    def current(self) -> int:
+        """The calling thread's current device (``cudaSetDevice``), 0 until one is activated."""
+        return getattr(self._current, "device", 0)
+
     @contextlib.contextmanager
     def activate(self, ordinal: int):
-        yield
+        before = self.current
+        self._current.device = ordinal
+        self.activated.append(ordinal)
+        try:
+            yield
+        finally:
+            self._current.device = before
 
     def _alloc(self, table: dict, nbytes: int) -> int:
         buf = ctypes.create_string_buffer(nbytes)
@@ -99,6 +117,10 @@ class FakeCuda:
         self.capturing[stream] = []
 
     def graph_end(self, stream: int) -> int:
+        if self.fail_capture_end:
+            self.capturing.pop(stream, None)
+            raise RuntimeError("cudaStreamEndCapture failed: operation not permitted when stream is capturing "
+                               "(cudaErrorStreamCaptureInvalidated)")
         with self._lock:
             self._next += 1
             self.graphs[self._next] = self.capturing.pop(stream)
@@ -118,51 +140,60 @@ def _floats(ptr: int, count: int) -> np.ndarray:
 
 
 class FakeEngine:
+    """``ICudaEngine``: two I/O tensors, the given profiles; computes ``expected_logits``."""
+
     def __init__(self, trt: Any, profiles: list[tuple[tuple, tuple, tuple]], cuda: FakeCuda,
                  classes: int = CLASSES) -> None:
         self.trt, self.profiles, self.cuda, self.classes = trt, profiles, cuda, classes
         self.busy = [0] * len(profiles)
         self.overlaps = 0  # two contexts inside the same profile at once: must stay 0
         self.contexts = 0
+        self.made: list["FakeContext"] = []
+        self.names = ["input", "logits"]
+        self.refuse: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
-    num_io_tensors = 2
-    names = ["input", "logits"]
+    num_io_tensors = property(lambda self: 2)
+    num_optimization_profiles = property(lambda self: len(self.profiles))
 
-    def get_tensor_name(self, i: int) -> str:
-        return self.names[i]
+    def get_tensor_name(self, index: int) -> str:
+        return self.names[index]
 
-    def get_tensor_mode(self, name: str) -> Any:
+    def get_tensor_mode(self, name: str) -> TensorIOMode:  # noqa: F821 - TensorRT's enum
         return self.trt.TensorIOMode.INPUT if name == self.names[0] else self.trt.TensorIOMode.OUTPUT
 
-    def get_tensor_dtype(self, name: str) -> Any:
+    def get_tensor_dtype(self, name: str) -> DataType:  # noqa: F821 - TensorRT's enum
         return self.trt.DataType.FLOAT
 
     def get_tensor_shape(self, name: str) -> tuple:
         return (-1, 3, -1, -1) if name == self.names[0] else (-1, self.classes)
 
-    @property
-    def num_optimization_profiles(self) -> int:
-        return len(self.profiles)
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
+        return [list(s) for s in self.profiles[profile_index]]
 
-    def get_tensor_profile_shape(self, name: str, profile: int) -> list:
-        return [list(s) for s in self.profiles[profile]]
-
-    def create_execution_context(self, *strategy: Any) -> "FakeContext":
+    def create_execution_context(self, strategy: Any = None) -> IExecutionContext:  # noqa: F821
+        if strategy is not None and not isinstance(strategy, self.trt.ExecutionContextAllocationStrategy):
+            raise TypeError("create_execution_context(): incompatible function arguments")
         with self._lock:
             self.contexts += 1
-        return FakeContext(self)
+            ctx = FakeContext(self)
+            self.made.append(ctx)
+        return ctx
 
 
 class FakeContext:
+    """``IExecutionContext``: records every profile it was switched to (``profiles_set``)."""
+
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.profile = 0
+        self.profiles_set: list[int] = []
         self.shape: tuple | None = None
         self.addresses: dict[str, int] = {}
 
-    def set_optimization_profile_async(self, profile: int, stream: int) -> bool:
-        self.profile, self.shape = profile, None
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        self.profile, self.shape = profile_index, None
+        self.profiles_set.append(profile_index)
         return True
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
@@ -179,11 +210,14 @@ class FakeContext:
             return (-1, 3, -1, -1) if name == self.engine.names[0] else (-1, classes)
         return self.shape if name == self.engine.names[0] else (self.shape[0], classes)
 
-    def set_tensor_address(self, name: str, ptr: int) -> None:
-        self.addresses[name] = int(ptr)
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        if name in self.engine.refuse or not isinstance(memory, int):
+            return False
+        self.addresses[name] = int(memory)
+        return True
 
-    def execute_async_v3(self, stream: int) -> bool:
-        eng = self.engine
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        eng, stream = self.engine, stream_handle
         shape, p, k = self.shape, self.profile, eng.classes
         src, dst = self.addresses[eng.get_tensor_name(0)], self.addresses[eng.get_tensor_name(1)]
 
@@ -210,62 +244,124 @@ def expected_logits(x: np.ndarray, classes: int = CLASSES) -> np.ndarray:
     return (means[:, k % x.shape[1]] * (1 + k // x.shape[1])).astype(np.float32)
 
 
-def fake_tensorrt(cuda: FakeCuda, *, version: str = "10.9.0.34", usable: bool = True,
-                  unsupported: tuple[str, ...] = ()) -> types.ModuleType:
-    """A ``tensorrt`` module: builder, parser, runtime and engine, as far as the toolkit uses them."""
+#: enum values as TensorRT 10 and 11 have them (the contract tests compare these with the real modules)
+ENUMS: dict[str, dict[int, dict[str, int]]] = {
+    "NetworkDefinitionCreationFlag": {10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
+                                      11: {"STRONGLY_TYPED": 0}},  # deprecated and ignored in 11
+    "MemoryPoolType": {10: {"WORKSPACE": 0}, 11: {"WORKSPACE": 0}},
+    "BuilderFlag": {10: {"TF32": 6, "VERSION_COMPATIBLE": 13}, 11: {"TF32": 6, "VERSION_COMPATIBLE": 12}},
+    "HardwareCompatibilityLevel": {10: {"NONE": 0, "AMPERE_PLUS": 1, "SAME_COMPUTE_CAPABILITY": 2},
+                                   11: {"NONE": 0, "AMPERE_PLUS": 1, "SAME_COMPUTE_CAPABILITY": 2}},
+    "TensorIOMode": {10: {"NONE": 0, "INPUT": 1, "OUTPUT": 2}, 11: {"NONE": 0, "INPUT": 1, "OUTPUT": 2}},
+    "DataType": {10: {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "UINT8": 5, "BF16": 7},
+                 11: {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "UINT8": 5, "BF16": 7}},
+    "ExecutionContextAllocationStrategy": {10: {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2},
+                                           11: {"STATIC": 0, "ON_PROFILE_CHANGE": 1, "USER_MANAGED": 2}},
+    "ErrorCode": {10: {"SUCCESS": 0, "INTERNAL_ERROR": 1, "UNSUPPORTED_NODE": 8},
+                  11: {"SUCCESS": 0, "INTERNAL_ERROR": 1, "UNSUPPORTED_NODE": 8}},
+    "Severity": {10: {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4},
+                 11: {"INTERNAL_ERROR": 0, "ERROR": 1, "WARNING": 2, "INFO": 3, "VERBOSE": 4}},
+}
+#: names on the fake module that only tests use (not part of TensorRT)
+FAKE_ONLY = frozenset({"built_configs"})
+
+
+def _enum(name: str, major: int) -> type:
+    """An enum type like pybind11's: named members, ``int()`` gives the value, ``__members__``."""
+    return enum.IntEnum(name, ENUMS[name][major])
+
+
+def fake_tensorrt(cuda: FakeCuda, *, version: str = "10.13.3.9", usable: bool = True,
+                  unsupported: tuple[str, ...] = (), real: Any = None, timing_cache_readable: bool = True,
+                  empty_timing_cache: bool = True, refuse_addresses: tuple[str, ...] = ()) -> types.ModuleType:
+    """A ``tensorrt`` module: builder, parser, runtime and engine, as far as the toolkit uses them, with the
+    real module's names, signatures, enum types and return types. ``real``: a real ``tensorrt`` module whose
+    enums, ``ILogger``, ``IProgressMonitor`` and ``nptype`` replace the fake's (so type mismatches surface).
+    ``timing_cache_readable=False``: ``create_timing_cache`` of non-empty data returns None (a corrupt
+    cache); ``empty_timing_cache=False``: even an empty one cannot be made. ``refuse_addresses``: tensors
+    whose ``set_tensor_address`` returns False."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
+    major = 11 if int(version.split(".")[0]) >= 11 else 10
     trt.built_configs = []  # every builder config that reached build_serialized_network
 
-    class Severity:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
     class ILogger:
-        def __init__(self) -> None:
-            pass
+        Severity = _enum("Severity", major)
 
-    ILogger.Severity = Severity
-    trt.ILogger = ILogger
+        def __init__(self) -> None:
+            self._base_init = True
+
+        def log(self, severity: Any, msg: str) -> None:
+            raise NotImplementedError
 
     class IProgressMonitor:
         def __init__(self) -> None:
-            pass
+            self._base_init = True
 
-    trt.IProgressMonitor = IProgressMonitor
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
-    trt.HardwareCompatibilityLevel = types.SimpleNamespace(NONE="NONE", AMPERE_PLUS="AMPERE_PLUS",
-                                                           SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY")
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", BF16="BF16")
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            raise NotImplementedError
 
-    def nptype(dt: Any) -> Any:
-        table = {"FLOAT": np.float32, "HALF": np.float16}
-        if dt not in table:
-            raise TypeError(f"no numpy type for {dt}")
-        return table[dt]
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            raise NotImplementedError
+
+        def phase_finish(self, phase_name: str) -> None:
+            raise NotImplementedError
+
+    trt.ILogger, trt.IProgressMonitor = ILogger, IProgressMonitor
+    for name in ENUMS:
+        if name != "Severity":
+            setattr(trt, name, _enum(name, major))
+
+    def nptype(trt_type: Any) -> Any:
+        table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT8: np.int8,
+                 trt.DataType.INT32: np.int32}
+        if trt_type not in table:
+            raise TypeError(f"Could not resolve TensorRT datatype to an equivalent numpy datatype. {trt_type}")
+        return table[trt_type]
 
     trt.nptype = nptype
+    if real is not None:  # the real enums and base classes: what the toolkit's code meets on a GPU host
+        for name in [*ENUMS, "ILogger", "IProgressMonitor", "nptype"]:
+            if name != "Severity":
+                setattr(trt, name, getattr(real, name))
+        if not hasattr(real.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+            major = 11
+    Severity = trt.ILogger.Severity
 
-    class Tensor:
-        def __init__(self, name: str, shape: tuple, dtype: str = "FLOAT") -> None:
-            self.name, self.shape, self.dtype = name, shape, dtype
+    def _base_inited(obj: Any, base: type) -> None:
+        """pybind11 raises TypeError when a trampoline subclass did not call the base ``__init__``."""
+        if real is None and not getattr(obj, "_base_init", False):
+            raise TypeError(f"{base.__name__}.__init__() must be called when overriding __init__")
 
-    class Network:
+    class IHostMemory(bytearray):
+        """Serialized data as TensorRT returns it: not ``bytes``, but a buffer (``memoryview(m)``) with
+        ``nbytes`` and ``dtype``."""
+
+        nbytes = property(lambda self: len(self))
+        dtype = property(lambda self: trt.DataType.UINT8)
+
+    class ITensor:
+        def __init__(self, name: str, shape: tuple, dtype: Any) -> None:
+            self._name, self._shape, self._dtype = name, shape, dtype
+
+        name = property(lambda self: self._name)
+        shape = property(lambda self: self._shape)
+        dtype = property(lambda self: self._dtype)
+
+    class INetworkDefinition:
         def __init__(self, flags: int) -> None:
-            self.flags = flags
-            self.inputs: list[Tensor] = []
-            self.outputs: list[Tensor] = []
+            self._flags = flags
+            self._inputs: list[ITensor] = []
+            self._outputs: list[ITensor] = []
 
-        num_inputs = property(lambda self: len(self.inputs))
-        num_outputs = property(lambda self: len(self.outputs))
+        num_inputs = property(lambda self: len(self._inputs))
+        num_outputs = property(lambda self: len(self._outputs))
 
-        def get_input(self, i: int) -> Tensor:
-            return self.inputs[i]
+        def get_input(self, index: int) -> ITensor:
+            return self._inputs[index]
 
-        def get_output(self, i: int) -> Tensor:
-            return self.outputs[i]
+        def get_output(self, index: int) -> ITensor:
+            return self._outputs[index]
 
     class ParserError:
         def __init__(self, name: str, op: str, desc: str) -> None:
@@ -283,100 +379,133 @@ def fake_tensorrt(cuda: FakeCuda, *, version: str = "10.9.0.34", usable: bool = 
         def desc(self) -> str:
             return self._desc
 
-        def code(self) -> str:
-            return "ErrorCode.UNSUPPORTED_NODE"
+        def code(self) -> ErrorCode:  # noqa: F821 - the real annotation names TensorRT's enum
+            return trt.ErrorCode.UNSUPPORTED_NODE
 
     class OnnxParser:
-        def __init__(self, network: Network, logger: Any) -> None:
-            self.network, self.errors = network, []
+        def __init__(self, network: INetworkDefinition, logger: Any) -> None:
+            self._network, self._errors = network, []
 
-        num_errors = property(lambda self: len(self.errors))
+        num_errors = property(lambda self: len(self._errors))
 
-        def get_error(self, i: int) -> ParserError:
-            return self.errors[i]
+        def get_error(self, index: int) -> ParserError:
+            return self._errors[index]
 
-        def parse_from_file(self, path: str) -> bool:
+        def parse_from_file(self, model: str) -> bool:
             import onnx
 
-            model = onnx.load(path, load_external_data=False)
-            for node in model.graph.node:
+            loaded = onnx.load(model, load_external_data=False)
+            for node in loaded.graph.node:
                 if node.op_type in unsupported:
-                    self.errors.append(ParserError(node.name, node.op_type, f"no importer for op {node.op_type}"))
+                    self._errors.append(ParserError(node.name, node.op_type, f"no importer for op {node.op_type}"))
                     return False
 
             def dims(v: Any) -> tuple:
                 return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
 
-            self.network.inputs = [Tensor(v.name, dims(v)) for v in model.graph.input]
-            self.network.outputs = [Tensor(v.name, dims(v)) for v in model.graph.output]
+            self._network._inputs = [ITensor(v.name, dims(v), trt.DataType.FLOAT) for v in loaded.graph.input]
+            self._network._outputs = [ITensor(v.name, dims(v), trt.DataType.FLOAT) for v in loaded.graph.output]
             return True
 
-    class Profile:
+    class IOptimizationProfile:
         def __init__(self) -> None:
-            self.shapes: dict[str, tuple] = {}
+            self._shapes: dict[str, tuple] = {}
 
-        def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
-            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+        def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+            self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
-    class TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.entries = json.loads(data) if data else []
+    class ITimingCache:
+        def __init__(self, entries: list) -> None:
+            self._entries = entries
 
-        def serialize(self) -> bytes:
-            return json.dumps(self.entries).encode()
+        def serialize(self) -> IHostMemory:
+            return IHostMemory(json.dumps(self._entries).encode())
 
-    class Config:
+    class IBuilderConfig:
         def __init__(self) -> None:
-            self.profiles: list[Profile] = []
-            self.flags: set[str] = {"TF32"}
-            self.pool: dict[str, int] = {}
-            self.builder_optimization_level = 3
-            self.hardware_compatibility_level = "NONE"
-            self.progress_monitor = None
-            self.cache: TimingCache | None = None
+            self.profiles: list[IOptimizationProfile] = []
+            self.flags: set[Any] = {trt.BuilderFlag.TF32}
+            self.pool: dict[Any, int] = {}
+            self._level = 3
+            self._hw = trt.HardwareCompatibilityLevel.NONE
+            self._monitor: Any = None
+            self.cache: ITimingCache | None = None
 
-        def add_optimization_profile(self, p: Profile) -> int:
-            self.profiles.append(p)
+        def _typed(self, value: Any, enum_type: Any, what: str) -> Any:
+            if not isinstance(value, enum_type):
+                raise TypeError(f"{what}(): incompatible function arguments: {value!r} is not a "
+                                f"{enum_type.__name__}")
+            return value
+
+        builder_optimization_level = property(lambda self: self._level,
+                                              lambda self, v: setattr(self, "_level", int(v)))
+        hardware_compatibility_level = property(
+            lambda self: self._hw,
+            lambda self, v: setattr(self, "_hw", self._typed(v, trt.HardwareCompatibilityLevel,
+                                                               "hardware_compatibility_level")))
+
+        def _set_monitor(self, monitor: Any) -> None:
+            _base_inited(monitor, trt.IProgressMonitor)
+            self._monitor = monitor
+
+        progress_monitor = property(lambda self: self._monitor, _set_monitor)
+
+        def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+            self.profiles.append(profile)
             return len(self.profiles) - 1
 
-        def set_memory_pool_limit(self, pool: str, size: int) -> None:
-            self.pool[pool] = size
+        def set_memory_pool_limit(self, pool: Any, pool_size: int) -> None:
+            self.pool[self._typed(pool, trt.MemoryPoolType, "set_memory_pool_limit")] = pool_size
 
-        def set_flag(self, flag: str) -> None:
-            self.flags.add(flag)
+        def set_flag(self, flag: Any) -> None:
+            self.flags.add(self._typed(flag, trt.BuilderFlag, "set_flag"))
 
-        def clear_flag(self, flag: str) -> None:
-            self.flags.discard(flag)
+        def clear_flag(self, flag: Any) -> None:
+            self.flags.discard(self._typed(flag, trt.BuilderFlag, "clear_flag"))
 
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            return TimingCache(bytes(data))
+        def create_timing_cache(self, serialized_timing_cache: Any) -> ITimingCache:
+            data = bytes(memoryview(serialized_timing_cache))
+            if not data:
+                return ITimingCache([]) if empty_timing_cache else None
+            try:
+                entries = json.loads(data)
+            except ValueError:
+                return None  # TensorRT logs an error and returns None for data it cannot read
+            return ITimingCache(entries) if timing_cache_readable else None
 
-        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-            if any(e.get("gpu") != cuda.gpu for e in cache.entries):
+        def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+            if not isinstance(cache, ITimingCache):
+                raise TypeError("set_timing_cache(): incompatible function arguments")
+            if any(e.get("gpu") != cuda.gpu for e in cache._entries):
                 return False
             self.cache = cache
             return True
 
-        def get_timing_cache(self) -> TimingCache:
+        def get_timing_cache(self) -> ITimingCache:
             return self.cache
 
     class Builder:
         def __init__(self, logger: Any) -> None:
+            _base_inited(logger, trt.ILogger)
+            self.device = cuda.current  # the device current on this thread when the builder was made
             if not usable:
                 logger.log(Severity.ERROR, "CUDA initialization failure with error: 35")
                 raise TypeError("pybind11::init(): factory function returned nullptr")
 
-        def create_network(self, flags: int) -> Network:
-            return Network(flags)
+        def create_network(self, flags: int = 0) -> INetworkDefinition:
+            if not isinstance(flags, int) or isinstance(flags, enum.Enum):
+                raise TypeError("create_network(): flags is a bit mask (int)")
+            return INetworkDefinition(flags)
 
-        def create_builder_config(self) -> Config:
-            return Config()
+        def create_builder_config(self) -> IBuilderConfig:
+            return IBuilderConfig()
 
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
+        def create_optimization_profile(self) -> IOptimizationProfile:
+            return IOptimizationProfile()
 
-        def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+        def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> IHostMemory:
             trt.built_configs.append(config)
+            config.device = self.device
             mon = config.progress_monitor
             mon.phase_start("Building engine", None, 2)
             for step in range(2):
@@ -384,33 +513,58 @@ def fake_tensorrt(cuda: FakeCuda, *, version: str = "10.9.0.34", usable: bool = 
                     mon.phase_finish("Building engine")
                     return None
             mon.phase_finish("Building engine")
-            config.cache.entries.append({"gpu": cuda.gpu, "layer": len(config.cache.entries)})
-            name = network.inputs[0].name
-            profiles = [[list(map(list, p.shapes[name]))] for p in config.profiles]
-            plan = {"profiles": profiles, "classes": network.outputs[0].shape[-1],
-                    "names": [network.inputs[0].name, network.outputs[0].name]}
-            return b"FAKEPLAN" + json.dumps(plan).encode()
+            if config.cache is not None:
+                config.cache._entries.append({"gpu": cuda.gpu, "layer": len(config.cache._entries)})
+            name = network.get_input(0).name
+            profiles = [[list(map(list, p._shapes[name]))] for p in config.profiles]
+            plan = {"profiles": profiles, "classes": network.get_output(0).shape[-1],
+                    "names": [network.get_input(0).name, network.get_output(0).name],
+                    "refuse": list(refuse_addresses)}
+            return IHostMemory(b"FAKEPLAN" + json.dumps(plan).encode())
 
     class Runtime:
         def __init__(self, logger: Any) -> None:
+            _base_inited(logger, trt.ILogger)
             if not usable:
                 raise TypeError("pybind11::init(): factory function returned nullptr")
-            self.logger = logger
-            self.engine_host_code_allowed = False
+            self._logger = logger
+            self._host_code = False
 
-        def deserialize_cuda_engine(self, data: bytes) -> FakeEngine | None:
+        engine_host_code_allowed = property(lambda self: self._host_code,
+                                            lambda self, v: setattr(self, "_host_code", bool(v)))
+
+        def deserialize_cuda_engine(self, serialized_engine: Any) -> ICudaEngine:
+            data = bytes(memoryview(serialized_engine))
             if not data.startswith(b"FAKEPLAN"):
-                self.logger.log(Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
-                                                "assertion failed (magic tag)")
+                self._logger.log(Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                                                 "assertion failed (magic tag)")
                 return None
             plan = json.loads(data[8:])
-            engine = FakeEngine(trt, [tuple(tuple(s) for s in p[0]) for p in plan.get("profiles", [])], cuda,
-                                plan.get("classes", CLASSES))
+            engine = ICudaEngine(trt, [tuple(tuple(s) for s in p[0]) for p in plan.get("profiles", [])], cuda,
+                                 plan.get("classes", CLASSES))
             engine.names = plan.get("names", engine.names)
+            engine.refuse = tuple(plan.get("refuse", ()))
             return engine
 
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
+    ICudaEngine, IExecutionContext = FakeEngine, FakeContext
+    for cls in (ILogger, IProgressMonitor, IHostMemory, ITensor, INetworkDefinition, ParserError, OnnxParser,
+                IOptimizationProfile, ITimingCache, IBuilderConfig, Builder, Runtime):
+        if real is None or cls.__name__ not in ("ILogger", "IProgressMonitor"):
+            setattr(trt, cls.__name__, cls)
+    trt.ICudaEngine, trt.IExecutionContext = ICudaEngine, IExecutionContext
     return trt
+
+
+def make(cuda: FakeCuda, **trt_kwargs: Any) -> types.ModuleType:
+    """``fake_tensorrt``, with the real enums and base classes swapped in when ``$RESNET_DEPLOY_FAKE_TRT_REAL``
+    names a version (test_tensorrt_contract runs the runner and builder tests that way)."""
+    key = os.environ.get(REAL_ENV)
+    if key and "real" not in trt_kwargs:
+        import real_tensorrt
+
+        trt_kwargs["real"] = real_tensorrt.load_in_process(key)
+        trt_kwargs.setdefault("version", str(trt_kwargs["real"].__version__).split(".post")[0])
+    return fake_tensorrt(cuda, **trt_kwargs)
 
 
 def install(monkeypatch: Any, *, cuda: FakeCuda | None = None, **trt_kwargs: Any) -> tuple[types.ModuleType, FakeCuda]:
@@ -420,7 +574,7 @@ def install(monkeypatch: Any, *, cuda: FakeCuda | None = None, **trt_kwargs: Any
     from resnet_deploy.runtime.tensorrt import builder, cuda as cuda_mod
 
     cuda = cuda or FakeCuda()
-    trt = fake_tensorrt(cuda, **trt_kwargs)
+    trt = make(cuda, **trt_kwargs)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(builder, "_LOGGER", None)  # the process-wide logger belongs to the real TensorRT
     monkeypatch.setattr(cuda_mod, "_ADAPTERS", {"fake-cuda": (lambda: cuda, ("json",))})

@@ -25,7 +25,7 @@ P_LARGE = ((4, 3, 128, 128), (8, 3, 128, 128), (8, 3, 160, 160))
 
 def make_runner(profiles=(P_SMALL,), **kw):
     cuda = FakeCuda()
-    trt = fake_tensorrt(cuda)
+    trt = fakes.make(cuda)
     engine = FakeEngine(trt, list(profiles), cuda)
     return TensorRTRunner.from_engine(engine, trt=trt, cuda=cuda, **kw), engine, cuda
 
@@ -111,15 +111,18 @@ def test_parse_device():
 
 def test_buffers_are_sized_once_for_the_profile_max():
     runner, _, cuda = make_runner(profiles=(P_SMALL, P_LARGE))
-    assert runner._capacity == {"input": 8 * 3 * 160 * 160 * 4, "logits": 8 * CLASSES * 4}
+    assert runner._capacity == [{"input": 4 * 3 * 96 * 96 * 4, "logits": 4 * CLASSES * 4},
+                                {"input": 8 * 3 * 160 * 160 * 4, "logits": 8 * CLASSES * 4}]
     spec = runner.input
     assert spec.min_shape == (1, 3, 32, 32) and spec.max_shape == (8, 3, 160, 160)
     assert spec.shape == ("batch", 3, "height", "width")
     runner.infer(batch((1, 3, 32, 32)))
     allocated = len(cuda.memory)
-    for shape in [(4, 3, 96, 96), (2, 3, 50, 70), (8, 3, 160, 160)]:
+    for shape in [(4, 3, 96, 96), (2, 3, 50, 70)]:
         runner.infer(batch(shape))
     assert len(cuda.memory) == allocated == 2  # input and output, reused across shapes
+    runner.infer(batch((8, 3, 160, 160)))  # profile 1: its own context and buffers
+    assert len(cuda.memory) == 4
     runner.close()
     assert not cuda.memory and not cuda.pinned and not cuda.streams
 
@@ -147,6 +150,20 @@ def test_torch_cpu_tensors_are_accepted():
     np.testing.assert_allclose(runner.infer(torch.from_numpy(x)), expected_logits(x), rtol=1e-5, atol=1e-5)
 
 
+def test_one_profile_serves_many_threads_one_at_a_time():
+    runner, engine, _ = make_runner(profiles=(P_SMALL,))
+    x = batch((2, 3, 40, 40))
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(runner.infer(x))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(np.allclose(r, expected_logits(x), atol=1e-5) for r in results)
+    assert engine.contexts == 2 and engine.overlaps == 0  # the waiting threads reused context 0
+    assert engine.made[1].profiles_set == [0]
+
+
 def test_shapes_outside_the_profiles_and_wrong_dtypes_are_refused():
     runner, _, _ = make_runner(profiles=(P_SMALL, P_LARGE))
     with pytest.raises(InputError, match="outside the profile"):
@@ -160,8 +177,8 @@ def test_shapes_outside_the_profiles_and_wrong_dtypes_are_refused():
         runner.infer(batch((1, 4, 32, 32)))
 
 
-def test_threads_get_their_own_contexts_and_never_share_a_profile():
-    # two copies of one profile: two threads can run at once, the others wait for a free copy
+def test_context_i_runs_profile_i_and_busy_threads_wait():
+    # two copies of one profile: two contexts, context i bound to profile i; the other threads wait
     runner, engine, _ = make_runner(profiles=(P_SMALL, P_SMALL))
     errors, seen = [], []
 
@@ -182,7 +199,8 @@ def test_threads_get_their_own_contexts_and_never_share_a_profile():
     assert not errors, errors
     assert len(seen) == 4
     assert engine.overlaps == 0
-    assert engine.contexts == 1 + 4  # one shape-inference context, then one per thread
+    assert engine.contexts == 1 + 2  # one shape-inference context, then one per profile, not per thread
+    assert sorted(tuple(c.profiles_set) for c in engine.made[1:]) == [(0,), (1,)]  # each set once, never switched
     runner.close()
     with pytest.raises(UsageError, match="closed"):
         runner.infer(batch((1, 3, 32, 32)))

@@ -33,25 +33,6 @@ RECORDED = {
 }
 
 
-@pytest.fixture()
-def onnx_model(tmp_path):
-    """A small dynamic ONNX with toolkit metadata (the fake TensorRT only reads its graph)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
-    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["input"], ["pooled"], name="/avgpool/Pool"),
-                               helper.make_node("Flatten", ["pooled"], ["logits"], name="/Flatten")], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    for k, v in {"variant": "resnet18", "precision": "fp16",
-                 "preprocessing": json.dumps({"resize_size": 256, "crop_size": 224})}.items():
-        model.metadata_props.add(key=k, value=v)
-    path = tmp_path / "tiny.fp16.onnx"
-    onnx.save(model, str(path))
-    return path
-
-
 # -- recorded manifests and the decision -----------------------------------------------------------
 
 def test_manifest_round_trip(tmp_path):
@@ -120,12 +101,13 @@ def test_build_writes_engine_manifest_and_timing_cache(monkeypatch, tmp_path, on
                       hardware_compatibility="ampere+", profile_copies=2, tf32=False)
     first = build_engine(onnx_model, tmp_path / "tiny.fp16.engine", cfg)
     config = trt.built_configs[-1]
-    assert trt.built_configs and config.pool == {"workspace": int(1.5 * 2**30)}
-    assert config.builder_optimization_level == 2 and config.hardware_compatibility_level == "AMPERE_PLUS"
-    assert "TF32" not in config.flags and len(config.profiles) == 2
-    assert [p.shapes["input"] for p in config.profiles] == [((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96))] * 2
+    assert trt.built_configs and config.pool == {trt.MemoryPoolType.WORKSPACE: int(1.5 * 2**30)}
+    assert config.builder_optimization_level == 2
+    assert config.hardware_compatibility_level == trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    assert trt.BuilderFlag.TF32 not in config.flags and len(config.profiles) == 2
+    assert [p._shapes["input"] for p in config.profiles] == [((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 96, 96))] * 2
     m = read_manifest(first.engine)
-    assert m.precision == "fp16" and m.tensorrt == "10.9.0.34" and m.compute_capability == "9.0"
+    assert m.precision == "fp16" and m.tensorrt == trt.__version__ and m.compute_capability == "9.0"
     assert m.gpu_name == "Fake H200" and m.cuda_driver == "12.8" and m.hardware_compatibility == "ampere+"
     assert m.flags["strongly_typed"] is True and m.flags["profile_copies"] == 2
     assert m.inputs == [{"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
@@ -170,7 +152,8 @@ def test_no_cuda_device_is_said_plainly(monkeypatch, tmp_path, onnx_model):
 def test_tensorrt_usable_with_a_device(monkeypatch):
     fakes.install(monkeypatch)
     ok, reason = tensorrt_usable()
-    assert ok and reason == "TensorRT 10.9.0.34 on Fake H200 (compute capability 9.0, fake-cuda)"
+    trt = sys.modules["tensorrt"]
+    assert ok and reason == f"TensorRT {trt.__version__} on Fake H200 (compute capability 9.0, fake-cuda)"
     ok, reason = tensorrt_usable(device=1)
     assert not ok and "CUDA reports 1 device(s), device 1 was asked for" in reason
 
@@ -225,7 +208,8 @@ def test_missing_tensorrt_names_the_package(monkeypatch, tmp_path, onnx_model):
         TensorRTRunner(engine)
     with pytest.raises(MissingDependencyError, match="tensorrt"):
         build_engine(onnx_model, tmp_path / "e.engine", TINY)
-    assert tensorrt_usable() == (False, "TensorRT is not installed (pip install tensorrt)")
+    ok, reason = tensorrt_usable()
+    assert not ok and reason.startswith("TensorRT is not installed (pip install 'resnet-deploy[tensorrt-cu12]' or")
 
 
 def test_cli_build_without_tensorrt_exits_2(monkeypatch, tmp_path, onnx_model, capsys):

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"ONNX file '{args.onnx}' does not exist")
     if args.reference and not Path(args.reference).is_file():
         raise UsageError(f"--reference '{args.reference}' does not exist")
-    usable, reason = tensorrt_usable(cfg.device)
+    # building needs TensorRT and a GPU; --check also runs the engine, which needs a CUDA binding
+    usable, reason = tensorrt_usable(cfg.device, purpose="run" if args.check else "build")
     if not usable:
         raise UsageError(f"cannot build a TensorRT engine on this machine: {reason}")
     result = build_engine(args.onnx, args.output, cfg)

@@ -330,6 +330,8 @@ def engine_stage(cfg: ExportConfig, result: ExportResult, timings: dict) -> None
             report = check_engine(engine, result.artifacts["fp32"], seed=cfg.seed, device=f"cuda:{bcfg.device}")
         name = f"engine.{precision}"
         result.artifacts[name] = engine
+        if precision == "int8" and not result.manifest.data.get("weights", {}).get("meaningful", True):
+            result.informational.add(name)  # the same random-weights rule as the INT8 ONNX (int8_stage)
         _record(result, name, report)
         result.manifest.add_artifact(engine, precision=precision, backend="tensorrt", role="engine",
                                      source=Path(onnx_path).name, engine_manifest=engine_manifest_path(engine).name,

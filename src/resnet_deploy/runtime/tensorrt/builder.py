@@ -10,13 +10,14 @@ memory pool, the builder optimization level, ``ITimingCache``, ``IProgressMonito
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..._io import sha256_file, write_bytes
 from ...artifacts import onnx_precision, read_metadata
@@ -73,25 +74,60 @@ def trt_logger(trt: Any) -> Any:
     return _LOGGER
 
 
+def tensorrt_cuda_major(trt: Any = None) -> int | None:
+    """The CUDA major TensorRT was built for, from the installed distribution's name (``tensorrt-cu12``,
+    ``tensorrt-cu13``, or their ``-bindings``/``-libs`` parts) whose version is the imported one's."""
+    import re
+    from importlib import metadata
+
+    version = str(getattr(trt, "__version__", "")) if trt is not None else ""
+    found: set[int] = set()
+    for dist in metadata.distributions():
+        m = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_](?:bindings|libs))?", str(dist.metadata["Name"] or "").lower())
+        if m and (not version or dist.version.split(".post")[0] == version.split(".post")[0]):
+            found.add(int(m.group(1)))
+    return found.pop() if len(found) == 1 else None
+
+
 def create_builder(trt: Any) -> Any:
     """``trt.Builder`` or a plain error: without a usable CUDA device its constructor raises
-    ``TypeError: pybind11::init(): factory function returned nullptr`` after a CUDA log line."""
+    ``TypeError: pybind11::init(): factory function returned nullptr`` after a CUDA log line. When the
+    driver is older than the CUDA TensorRT was built for, the error names the packages to install."""
     try:
         return trt.Builder(trt_logger(trt))
     except TypeError as exc:
+        from .cuda import driver_cuda_version, driver_hint
+
         last = trt_logger(trt).errors[-1:] or [str(exc)]
-        raise UsageError(f"TensorRT {trt.__version__} cannot create a builder: {NO_DEVICE} ({last[0]})") from exc
+        hint = driver_hint(tensorrt_cuda_major(trt), driver_cuda_version())
+        raise UsageError(f"TensorRT {trt.__version__} cannot create a builder: {NO_DEVICE} ({last[0]}){hint}") \
+            from exc
 
 
-def tensorrt_usable(device: int = 0) -> tuple[bool, str]:
-    """Whether engines can be built and run here: ``(True, 'TensorRT X on GPU (sm Y)')`` or
-    ``(False, reason)``. Needs TensorRT, a CUDA binding for the runner, and a usable CUDA device."""
+def tensorrt_usable(device: int = 0, *, purpose: str = "run") -> tuple[bool, str]:
+    """Whether engines can be built (``purpose='build'``: TensorRT and a device) or built and run
+    (``'run'``: also a CUDA binding for the runner) here: ``(True, 'TensorRT X on ...')`` or
+    ``(False, reason)``."""
+    if purpose not in ("build", "run"):
+        raise UsageError(f"purpose must be 'build' or 'run', got '{purpose}'")
     try:
         trt = import_tensorrt()
     except MissingDependencyError:
-        return False, "TensorRT is not installed (pip install tensorrt)"
-    from .cuda import get_backend
+        return False, ("TensorRT is not installed (pip install 'resnet-deploy[tensorrt-cu12]' or "
+                       "'resnet-deploy[tensorrt-cu13]': see nvidia-smi's CUDA version)")
+    from .cuda import available_backends, get_backend
 
+    if not available_backends():
+        if purpose == "run":
+            return False, ("running engines needs a CUDA binding: pip install 'resnet-deploy[tensorrt-cu12]' or "
+                           "[tensorrt-cu13] (cuda-python), or pycuda")
+        if device != 0:
+            return False, f"selecting cuda:{device} for a build needs cuda-python (or set CUDA_VISIBLE_DEVICES)"
+        try:
+            create_builder(trt)
+        except UsageError as exc:
+            return False, str(exc)
+        return True, f"TensorRT {trt.__version__} (builds only: no CUDA binding to run engines)"
     try:
         cuda = get_backend()
     except MissingDependencyError as exc:
@@ -99,12 +135,14 @@ def tensorrt_usable(device: int = 0) -> tuple[bool, str]:
     try:
         count = cuda.device_count()
     except UsageError as exc:
-        return False, f"{NO_DEVICE}: {exc}"
+        from .cuda import binding_cuda_major, driver_cuda_version, driver_hint
+
+        return False, f"{NO_DEVICE}: {exc}{driver_hint(binding_cuda_major(), driver_cuda_version())}"
     if count <= device:
         return False, f"{NO_DEVICE}: CUDA reports {count} device(s), device {device} was asked for"
     try:
-        create_builder(trt)
         with cuda.activate(device):
+            create_builder(trt)
             dev = cuda.device_info(device)
     except UsageError as exc:
         return False, str(exc)
@@ -188,25 +226,16 @@ def _parse_errors(parser: Any) -> str:
     lines = []
     for i in range(parser.num_errors):
         err = parser.get_error(i)
-        name = _call(err, "node_name")
-        op = _call(err, "node_operator")
-        index = _call(err, "node")
+        name, op, index = err.node_name(), err.node_operator(), err.node()
+        code = err.code()
         if name:
             where = f"node '{name}'" + (f" ({op})" if op else "")
         elif isinstance(index, int) and index >= 0:
             where = f"node #{index}" + (f" ({op})" if op else "")
         else:
             where = "graph"
-        lines.append(f"{where}: {_call(err, 'desc')} [{_call(err, 'code')}]")
+        lines.append(f"{where}: {err.desc()} [{getattr(code, 'name', code)}]")
     return "; ".join(lines) or "no details from the parser"
-
-
-def _call(obj: Any, name: str) -> Any:
-    fn = getattr(obj, name, None)
-    try:
-        return fn() if callable(fn) else fn
-    except Exception:  # noqa: BLE001 - optional detail of an error report
-        return None
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -259,6 +288,29 @@ def _tensor_info(trt: Any, t: Any) -> dict[str, Any]:
     return {"name": t.name, "dtype": _dtype_name(trt, t.dtype), "shape": [int(d) for d in t.shape]}
 
 
+def _timing_cache(config: Any, path: Path | None) -> tuple[Any, bool]:
+    """The timing cache for ``config`` and whether one was loaded from ``path``. Like Polygraphy: a cache
+    TensorRT cannot read (``create_timing_cache`` returns None: corrupt, or another TensorRT version) or
+    refuses (``set_timing_cache`` returns False: another GPU) is replaced by an empty one with a warning;
+    when even that fails, the build goes on without a cache."""
+    data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is None:
+            log.warning("timing cache '%s' cannot be read (corrupt, or written by another TensorRT version); "
+                        "starting an empty one", path)
+        elif not config.set_timing_cache(cache, ignore_mismatch=False):
+            log.warning("timing cache '%s' was made by another TensorRT version or GPU; starting an empty one", path)
+        else:
+            log.info("timing cache loaded: %s (%.1f kB)", path, len(data) / 1e3)
+            return cache, True
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("TensorRT could not set up an empty timing cache; building without one")
+        return None, False
+    return cache, False
+
+
 def _configure(trt: Any, builder: Any, network: Any, cfg: BuildConfig) -> tuple[Any, Any, bool]:
     """The builder config (profiles, memory, optimization level, compatibility, timing cache, progress
     monitor), the monitor, and whether a timing cache was loaded."""
@@ -279,35 +331,43 @@ def _configure(trt: Any, builder: Any, network: Any, cfg: BuildConfig) -> tuple[
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_gib * 2**30))
     if cfg.opt_level is not None:
         config.builder_optimization_level = int(cfg.opt_level)
-    if not cfg.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+    if not cfg.tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     if cfg.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if cfg.hardware_compatibility != "none":
-        level_name = {"ampere+": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}[
-            cfg.hardware_compatibility]
-        level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), level_name, None)
-        if level is None:
-            raise UsageError(f"TensorRT {trt.__version__} does not offer --hardware-compatibility "
-                             f"{cfg.hardware_compatibility}")
-        config.hardware_compatibility_level = level
-    data = b""
-    if cfg.timing_cache is not None and Path(cfg.timing_cache).is_file():
-        data = Path(cfg.timing_cache).read_bytes()
-    cache = config.create_timing_cache(data)
-    loaded = config.set_timing_cache(cache, ignore_mismatch=False) is not False
-    if data and not loaded:
-        log.warning("timing cache '%s' was made by another TensorRT version or GPU; starting an empty one",
-                    cfg.timing_cache)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    loaded = loaded and bool(data)
-    if loaded:
-        log.info("timing cache loaded: %s (%.1f kB)", cfg.timing_cache, len(data) / 1e3)
+        levels = {"ampere+": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+                  "same-compute-capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY}
+        config.hardware_compatibility_level = levels[cfg.hardware_compatibility]
+    cache, loaded = _timing_cache(config, cfg.timing_cache)
     monitor = _progress_monitor(trt)
     config.progress_monitor = monitor
     monitor.timing_cache = cache  # the config refers to both: keep them alive as long as it is
     return config, monitor, loaded
+
+
+@contextlib.contextmanager
+def _on_device(device: int) -> Iterator[None]:
+    """Make ``device`` the calling thread's current CUDA device (``cudaSetDevice``) for a build. Without a
+    CUDA binding only the default device can be used (CUDA_VISIBLE_DEVICES picks another)."""
+    from .cuda import available_backends, get_backend
+
+    if not available_backends():
+        if device != 0:
+            raise UsageError(f"building on cuda:{device} needs cuda-python to select the device "
+                             f"(pip install 'resnet-deploy[tensorrt-cu12]' or [tensorrt-cu13]), or run with "
+                             f"CUDA_VISIBLE_DEVICES={device} and device 0")
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(get_backend().activate(device))
+        except UsageError as exc:
+            from .cuda import binding_cuda_major, driver_cuda_version, driver_hint
+
+            raise UsageError(f"cannot build on cuda:{device}: {NO_DEVICE} ({exc})"
+                             f"{driver_hint(binding_cuda_major(), driver_cuda_version())}") from exc
+        yield
 
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
@@ -331,33 +391,38 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
                          "NCHW: export without --fuse-preprocess to build an engine")
     precision = onnx_precision(onnx_path, meta)
     trt = import_tensorrt("building TensorRT engines")
-    builder = create_builder(trt)
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # always on in 11, opt-in in 10
-    network = builder.create_network(1 << int(flag) if flag is not None else 0)
-    parser = trt.OnnxParser(network, trt_logger(trt))
-    if not parser.parse_from_file(str(onnx_path)):
-        raise UsageError(f"TensorRT {trt.__version__} cannot parse '{onnx_path}': {_parse_errors(parser)}")
-    bconfig, monitor, loaded = _configure(trt, builder, network, cfg)
-    log.info("building a %s engine from %s with TensorRT %s (%d profile(s)%s); this takes minutes", precision,
-             onnx_path.name, trt.__version__, len(cfg.profiles) * cfg.profile_copies,
-             ", timing cache loaded" if loaded else "")
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, bconfig)
-    seconds = round(time.perf_counter() - t0, 2)
+    with _on_device(cfg.device):  # the builder times kernels on, and the manifest describes, this GPU
+        builder = create_builder(trt)
+        flag = trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # always on in 11 (deprecated there), opt-in in 10
+        network = builder.create_network(1 << int(flag))
+        parser = trt.OnnxParser(network, trt_logger(trt))
+        if not parser.parse_from_file(str(onnx_path)):
+            raise UsageError(f"TensorRT {trt.__version__} cannot parse '{onnx_path}': {_parse_errors(parser)}")
+        bconfig, monitor, loaded = _configure(trt, builder, network, cfg)
+        log.info("building a %s engine from %s with TensorRT %s on cuda:%d (%d profile(s)%s); this takes minutes",
+                 precision, onnx_path.name, trt.__version__, cfg.device, len(cfg.profiles) * cfg.profile_copies,
+                 ", timing cache loaded" if loaded else "")
+        t0 = time.perf_counter()
+        serialized = builder.build_serialized_network(network, bconfig)
+        seconds = round(time.perf_counter() - t0, 2)
     if serialized is None:
         errors = "; ".join(trt_logger(trt).errors[-3:]) or "no error message (run with -v for TensorRT's log)"
         reason = "cancelled" if monitor.cancelled else "failed"
         raise EngineBuildError(f"TensorRT {trt.__version__} {reason} building '{engine_path}' from "
                                f"'{onnx_path}': {errors}")
-    write_bytes(engine_path, bytes(serialized))
+    write_bytes(engine_path, memoryview(serialized).tobytes())
     if cfg.timing_cache is not None:
-        write_bytes(cfg.timing_cache, bytes(bconfig.get_timing_cache().serialize()))
+        cache = bconfig.get_timing_cache()
+        if cache is None:
+            log.warning("TensorRT returned no timing cache; '%s' was not written", cfg.timing_cache)
+        else:
+            write_bytes(cfg.timing_cache, memoryview(cache.serialize()).tobytes())
     machine = MachineInfo.probe(cfg.device)
     meta["precision"] = precision
     manifest = EngineManifest(
-        precision=precision, tensorrt=str(trt.__version__),
+        precision=precision, tensorrt=str(trt.__version__), tensorrt_cuda=tensorrt_cuda_major(trt),
         compute_capability=machine.compute_capability or "unknown", profiles=list(cfg.profiles) * cfg.profile_copies,
-        gpu_name=machine.gpu_name, cuda_driver=machine.cuda_driver, cuda_runtime=machine.cuda_runtime,
+        gpu_name=machine.gpu_name, cuda_driver=machine.cuda_driver, cuda_binding=machine.cuda_binding,
         engine=engine_path.name, engine_sha256=sha256_file(engine_path), onnx=str(onnx_path),
         onnx_sha256=sha256_file(onnx_path), built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=seconds, hardware_compatibility=cfg.hardware_compatibility,
@@ -416,5 +481,6 @@ def check_engine(engine: str | os.PathLike[str], reference: Any, *, shapes: Sequ
 
 
 __all__ = ["BuildConfig", "EngineBuildError", "EngineBuildResult", "build_engine", "check_engine",
-           "create_builder", "engine_check_shapes", "import_tensorrt", "onnx_precision", "tensorrt_usable",
+           "create_builder", "engine_check_shapes", "import_tensorrt", "onnx_precision", "tensorrt_cuda_major",
+           "tensorrt_usable",
            "trt_logger"]

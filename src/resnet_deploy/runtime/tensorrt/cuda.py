@@ -20,6 +20,9 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -305,6 +308,87 @@ def get_backend(prefer: str | None = None) -> CudaBackend:
     if not names:
         raise MissingDependencyError("cuda-python", "the TensorRT runner's CUDA layer (or pycuda)", "tensorrt")
     return _ADAPTERS[names[0]][0]()
+
+
+def _nvidia_smi() -> tuple[int, str | None, str]:
+    """(GPUs listed, the driver's CUDA version, what was seen) from ``nvidia-smi``; (0, None, why) without it."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0, None, "nvidia-smi is not on PATH"
+    try:
+        proc = subprocess.run([exe], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, None, f"nvidia-smi failed: {exc}"
+    if proc.returncode != 0:
+        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return 0, None, f"nvidia-smi: {last[0]}"
+    version = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", proc.stdout)
+    try:
+        listed = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        listed = ""
+    count = sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+    return count, version.group(1) if version else None, f"nvidia-smi lists {count} GPU(s)"
+
+
+def gpu_count() -> tuple[int, str]:
+    """CUDA devices usable here and how that was found, asked of the CUDA layer itself (not torch, which may
+    be a CPU build): cuda-python's ``cudaGetDeviceCount`` when installed, else ``nvidia-smi``."""
+    if any(_installed(m) for m in _ADAPTERS["cuda-python"][1]):
+        try:
+            cuda = CudaPython()
+            n = cuda.device_count()
+            return n, f"cudaGetDeviceCount: {n} device(s)"
+        except UsageError as exc:
+            return 0, f"{exc}{driver_hint(binding_cuda_major(), driver_cuda_version())}"
+    n, _, why = _nvidia_smi()
+    return n, why + " (cuda-python is not installed: pip install 'resnet-deploy[tensorrt-cu12]' or [tensorrt-cu13])"
+
+
+def driver_cuda_version() -> str | None:
+    """The newest CUDA version the installed driver supports ("12.8"), or None without a driver."""
+    try:
+        cuda = get_backend()
+        v = cuda.versions().get("cuda_driver")
+        if v and v != "none":
+            return v
+    except (UsageError, ImportError, AttributeError):
+        pass
+    return _nvidia_smi()[1]
+
+
+def binding_cuda_major() -> int | None:
+    """The CUDA major the installed cuda-python (cuda-bindings) was built for, from its distribution version."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return int(metadata.version(dist).split(".")[0])
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
+#: CUDA major -> the extra that installs TensorRT and cuda-python for it
+EXTRAS = {12: "tensorrt-cu12", 13: "tensorrt-cu13"}
+
+
+def driver_hint(built_for: int | None, driver: str | None) -> str:
+    """'' or one sentence naming what to install when packages built for CUDA ``built_for`` meet an older
+    driver (CUDA 13 wheels need an R580+ driver; an R550/R570 driver supports CUDA 12.x)."""
+    if built_for is None or driver is None:
+        return ""
+    try:
+        driver_major = int(driver.split(".")[0])
+    except ValueError:
+        return ""
+    if driver_major >= built_for:
+        return ""
+    extra = EXTRAS.get(driver_major)
+    fix = (f"pip install 'resnet-deploy[{extra}]' (TensorRT and cuda-python for CUDA {driver_major})" if extra
+           else f"install TensorRT and cuda-python built for CUDA {driver_major}")
+    return (f"; the installed packages are built for CUDA {built_for}, but this driver supports CUDA {driver} "
+            f"(CUDA 13 needs an R580+ driver): {fix}, or update the driver")
 
 
 def nbytes_of(shape: Sequence[int], dtype: Any) -> int:

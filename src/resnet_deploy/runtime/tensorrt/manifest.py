@@ -41,17 +41,20 @@ class MachineInfo:
     tensorrt: str | None = None
     gpu_name: str | None = None
     compute_capability: str | None = None  # "9.0"
-    cuda_driver: str | None = None
-    cuda_runtime: str | None = None
+    cuda_driver: str | None = None  # the newest CUDA version the driver supports ("12.8")
+    cuda_binding: str | None = None  # the CUDA binding and the CUDA runtime version it reports
+    tensorrt_cuda: int | None = None  # the CUDA major TensorRT was built for (its distribution's name)
 
     @classmethod
     def probe(cls, device: int = 0, backend: Any = None) -> "MachineInfo":
         """This machine, as far as the installed packages can tell (never raises)."""
-        trt_version = None
+        trt_version, trt_cuda = None, None
         try:
             import tensorrt as trt
 
-            trt_version = str(trt.__version__)
+            from .builder import tensorrt_cuda_major
+
+            trt_version, trt_cuda = str(trt.__version__), tensorrt_cuda_major(trt)
         except ImportError:
             pass
         info: dict[str, Any] = {}
@@ -61,11 +64,13 @@ class MachineInfo:
             cuda = backend or get_backend()
             with cuda.activate(device):
                 dev = cuda.device_info(device)
-            info = {"gpu_name": dev.name, "compute_capability": dev.cc, **cuda.versions()}
+            versions = cuda.versions()
+            info = {"gpu_name": dev.name, "compute_capability": dev.cc, "cuda_driver": versions.get("cuda_driver"),
+                    "cuda_binding": f"{cuda.name} (CUDA runtime {versions.get('cuda_runtime')})"}
         except Exception as exc:  # noqa: BLE001 - a probe reports what it can
             log.debug("CUDA probe failed: %s", exc)
             info = _probe_torch(device)
-        return cls(tensorrt=trt_version, **info)
+        return cls(tensorrt=trt_version, tensorrt_cuda=trt_cuda, **info)
 
     def describe(self) -> str:
         parts = [f"TensorRT {self.tensorrt}" if self.tensorrt else "no TensorRT"]
@@ -84,9 +89,11 @@ def _probe_torch(device: int) -> dict[str, Any]:
 
         if not torch.cuda.is_available():
             return {}
+        from .cuda import driver_cuda_version
+
         major, minor = torch.cuda.get_device_capability(device)
         return {"gpu_name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}",
-                "cuda_runtime": torch.version.cuda}
+                "cuda_driver": driver_cuda_version(), "cuda_binding": f"torch (CUDA runtime {torch.version.cuda})"}
     except Exception as exc:  # noqa: BLE001 - a probe reports what it can
         log.debug("torch CUDA probe failed: %s", exc)
         return {}
@@ -101,8 +108,9 @@ class EngineManifest:
     compute_capability: str
     profiles: list[Profile]
     gpu_name: str | None = None
-    cuda_driver: str | None = None
-    cuda_runtime: str | None = None
+    cuda_driver: str | None = None  # the driver's CUDA version on the build host
+    cuda_binding: str | None = None  # the CUDA binding there and the runtime version it reported
+    tensorrt_cuda: int | None = None  # the CUDA major TensorRT was built for (tensorrt-cu12 / -cu13)
     engine: str | None = None
     engine_sha256: str | None = None
     onnx: str | None = None
@@ -131,6 +139,8 @@ class EngineManifest:
         if missing:
             raise UsageError(f"engine manifest lacks {', '.join(missing)}")
         kw = {k: v for k, v in d.items() if k in known}
+        if "cuda_runtime" in d and "cuda_binding" not in d:  # format 1 manifests called the binding's version so
+            kw["cuda_binding"] = f"CUDA runtime {d['cuda_runtime']}"
         kw["profiles"] = [Profile.from_dict(p) for p in d["profiles"]]
         return cls(**kw)
 

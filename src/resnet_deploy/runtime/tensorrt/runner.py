@@ -6,12 +6,13 @@
 Before deserializing, the engine's manifest is compared with this machine (TensorRT version,
 compute capability), so a mismatch reads "rebuild with ..." instead of a deserialization failure.
 
-Each thread that calls ``infer`` gets its own execution context, stream and buffers; the buffers
-are allocated once, for the largest shapes the profiles allow, and reused. Per call the input
-shape is set with ``set_input_shape``; with ``cuda_graph=True`` the enqueue is captured once per
-shape into a CUDA graph and replayed. TensorRT allows one optimization profile to be in use by one
-context at a time, so contexts take a profile under a lock: build with ``--profile-copies N`` for
-N threads to run truly at once (with one profile, threads take turns on the GPU, still correct).
+Execution context *i* is bound to optimization profile *i* for its whole life, with its own stream
+and buffers (allocated once, for that profile's largest shapes, and reused): concurrently used
+contexts each need their own profile (NVIDIA's developer guide on dynamic shapes). A call takes a
+free context whose profile holds the input shape; a thread that finds every such context busy waits
+for one. Build with ``--profile-copies N`` for N threads to run truly at once. Contexts are created
+on first need. Per call the input shape is set with ``set_input_shape``; with ``cuda_graph=True``
+the enqueue is captured once per shape into a CUDA graph and replayed.
 """
 
 from __future__ import annotations
@@ -65,16 +66,17 @@ def _is_torch_cuda(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and bool(getattr(x, "is_cuda", False))
 
 
-class _ThreadState:
-    """One thread's execution context, stream and buffers (sized for the largest allowed shapes)."""
+class _Slot:
+    """Execution context ``profile``: bound to optimization profile ``profile``, with its own stream and
+    buffers (sized for that profile's largest shapes)."""
 
-    def __init__(self, runner: "TensorRTRunner") -> None:
+    def __init__(self, runner: "TensorRTRunner", profile: int) -> None:
         self.cuda = runner._cuda
+        self.profile = profile
         self.context = runner._engine.create_execution_context()
         if self.context is None:
             raise UsageError("TensorRT could not create an execution context (out of GPU memory?)")
         self.stream = Stream(self.cuda)
-        self.profile: int | None = None
         self.shapes: dict[str, Shape] | None = None
         self.out_shapes: dict[str, Shape] = {}
         self.graph: int | None = None
@@ -82,9 +84,12 @@ class _ThreadState:
         self.device: dict[str, DeviceBuffer] = {}
         self.host: dict[str, HostBuffer] = {}
         try:
-            for name, nbytes in runner._capacity.items():
+            if not self.context.set_optimization_profile_async(profile, self.stream.handle):
+                raise UsageError(f"TensorRT refused optimization profile {profile} for execution context {profile}")
+            for name, nbytes in runner._capacity[profile].items():
                 self.device[name] = DeviceBuffer(self.cuda, nbytes)
                 self.host[name] = HostBuffer(self.cuda, nbytes)
+            self.stream.synchronize()
         except BaseException:
             self.release()
             raise
@@ -179,15 +184,16 @@ class TensorRTRunner(Runner):
             {n: tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(n, p)) for n in in_names}
             for p in range(nprof)]
         self.inputs = [self._input_spec(n, engine.get_tensor_shape(n)) for n in in_names]
-        self._capacity: dict[str, int] = {
-            n: max(nbytes_of(r[n][2], self._dtypes[n]) for r in self._ranges) for n in in_names}
         max_out = self._max_output_shapes(out_names)
-        self._capacity.update({n: max(nbytes_of(s, self._dtypes[n]) for s in max_out[n]) for n in out_names})
+        # per profile: bytes of each I/O buffer at that profile's largest shapes
+        self._capacity: list[dict[str, int]] = [
+            {**{n: nbytes_of(self._ranges[p][n][2], self._dtypes[n]) for n in in_names},
+             **{n: nbytes_of(max_out[n][p], self._dtypes[n]) for n in out_names}} for p in range(nprof)]
         self.outputs = [TensorSpec(n, self._dtypes[n], self._dims(engine.get_tensor_shape(n))) for n in out_names]
-        self._locks = [threading.Lock() for _ in range(nprof)]
-        self._local = threading.local()
-        self._states: list[_ThreadState] = []
-        self._states_lock = threading.Lock()
+        self._slots: list[_Slot | None] = [None] * nprof  # context i <-> profile i, created on first need
+        self._busy = [False] * nprof
+        self._free = threading.Condition()
+        self._local = threading.local()  # the slot this thread used last (its synchronize())
         self._closed = False
         with cuda.activate(ordinal):
             dev = cuda.device_info(ordinal)
@@ -214,10 +220,9 @@ class TensorRTRunner(Runner):
     def _max_output_shapes(self, out_names: list[str]) -> dict[str, list[Shape]]:
         """Output shapes at each profile's max input shapes (shape inference only: no device memory)."""
         trt, engine = self._trt, self._engine
-        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
         with self._cuda.activate(self._ordinal):
-            ctx = engine.create_execution_context(strategy) if strategy is not None else \
-                engine.create_execution_context()
+            # no device memory: this context only infers output shapes (10.x and 11.x have the strategy)
+            ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if ctx is None:
                 raise UsageError("TensorRT could not create an execution context (out of GPU memory?)")
             stream = Stream(self._cuda)
@@ -239,58 +244,63 @@ class TensorRTRunner(Runner):
                 del ctx
         return out
 
-    # -- per-thread state and profiles -----------------------------------------------
-    def _state(self) -> _ThreadState:
-        st = getattr(self._local, "state", None)
-        if st is None:
-            if self._closed:
-                raise UsageError("the runner is closed")
-            with self._cuda.activate(self._ordinal):
-                st = _ThreadState(self)
-            self._local.state = st
-            with self._states_lock:
-                self._states.append(st)
-        return st
-
-    def _acquire_profile(self, st: _ThreadState, shapes: Mapping[str, Shape]) -> int:
-        """A profile whose ranges hold ``shapes``, locked for this thread; its own first, then any free one,
-        else wait for the first candidate."""
+    # -- contexts and profiles ---------------------------------------------------------------
+    def _acquire(self, shapes: Mapping[str, Shape]) -> _Slot:
+        """A free context whose profile holds ``shapes``, marked busy: one already made first, else a new
+        one; when every fitting context is busy, wait for one."""
         fits = [p for p, r in enumerate(self._ranges)
                 if all(all(lo <= d <= hi for d, lo, hi in zip(shapes[n], r[n][0], r[n][2])) for n in shapes)]
         if not fits:
             ranges = "; ".join(f"[{shape_str(r[n][0])} .. {shape_str(r[n][2])}]" for r in self._ranges for n in r)
             got = ", ".join(shape_str(s) for s in shapes.values())
             raise InputError(f"input shape {got} is in no optimization profile of this engine: {ranges}")
-        order = ([st.profile] if st.profile in fits else []) + [p for p in fits if p != st.profile]
-        for p in order:
-            if self._locks[p].acquire(blocking=False):
-                return p
-        self._locks[order[0]].acquire()
-        return order[0]
+        with self._free:
+            while True:
+                if self._closed:
+                    raise UsageError("the runner is closed")
+                free = [p for p in fits if not self._busy[p]]
+                if free:
+                    made = [p for p in free if self._slots[p] is not None]
+                    p = (made or free)[0]
+                    self._busy[p] = True
+                    break
+                self._free.wait()
+        try:
+            if self._slots[p] is None:
+                self._slots[p] = _Slot(self, p)
+        except BaseException:
+            self._release(p)
+            raise
+        return self._slots[p]  # type: ignore[return-value]
+
+    def _release(self, profile: int) -> None:
+        with self._free:
+            self._busy[profile] = False
+            self._free.notify_all()  # a waiter may need this profile or not: let each look
 
     # -- inference -------------------------------------------------------------
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        st = self._state()
+        if self._closed:
+            raise UsageError("the runner is closed")
         shapes = {n: tuple(int(d) for d in feeds[n].shape) for n in feeds}
         with self._cuda.activate(self._ordinal):
-            profile = self._acquire_profile(st, shapes)
+            st = self._acquire(shapes)
             try:
-                return self._run(st, profile, feeds, shapes)
+                self._local.slot = st
+                return self._run(st, st.profile, feeds, shapes)
             finally:
-                self._locks[profile].release()
+                self._release(st.profile)
 
-    def _run(self, st: _ThreadState, profile: int, feeds: dict[str, Any], shapes: dict[str, Shape]
+    def _run(self, st: _Slot, profile: int, feeds: dict[str, Any], shapes: dict[str, Shape]
              ) -> dict[str, np.ndarray]:
         ctx, stream = st.context, st.stream
-        if st.profile != profile:
-            if not ctx.set_optimization_profile_async(profile, stream.handle):
-                raise UsageError(f"TensorRT refused optimization profile {profile}")
-            st.profile, st.shapes = profile, None
         if st.shapes != shapes:
             st.shapes = None  # until every input shape is accepted
             for name, shape in shapes.items():
                 if not ctx.set_input_shape(name, shape):
-                    raise InputError(f"TensorRT refused input shape {shape_str(shape)} for '{name}'")
+                    lo, _, hi = self._ranges[profile][name]
+                    raise InputError(f"TensorRT refused input shape {shape_str(shape)} for tensor '{name}' "
+                                     f"(profile {profile}: {shape_str(lo)} .. {shape_str(hi)})")
             st.out_shapes = {o.name: tuple(int(d) for d in ctx.get_tensor_shape(o.name)) for o in self.outputs}
             st.shapes = shapes
         pointers = {}
@@ -310,15 +320,21 @@ class TensorRTRunner(Runner):
             self._launch_graph(st, profile, shapes)
         else:
             for name in feeds:
-                ctx.set_tensor_address(name, pointers.get(name, st.device[name].ptr))
+                self._set_address(ctx, name, pointers.get(name, st.device[name].ptr), shapes[name])
             for o in self.outputs:
-                ctx.set_tensor_address(o.name, st.device[o.name].ptr)
+                self._set_address(ctx, o.name, st.device[o.name].ptr, st.out_shapes[o.name])
             if not ctx.execute_async_v3(stream.handle):
                 raise UsageError("TensorRT execute_async_v3 failed (see the log above)")
         for o in self.outputs:
             stream.dtoh(st.host[o.name], st.device[o.name], nbytes_of(st.out_shapes[o.name], self._dtypes[o.name]))
         stream.synchronize()
         return {o.name: st.host[o.name].view(st.out_shapes[o.name], self._dtypes[o.name]).copy() for o in self.outputs}
+
+    @staticmethod
+    def _set_address(ctx: Any, name: str, ptr: int | None, shape: Shape) -> None:
+        if not ctx.set_tensor_address(name, int(ptr or 0)):
+            raise UsageError(f"TensorRT refused the device address {ptr:#x} for tensor '{name}' (shape "
+                             f"{shape_str(shape)}): see TensorRT's log above")
 
     def _torch_pointer(self, t: Any) -> int:
         """A CUDA tensor's device pointer (no host round trip), after the work that produced it."""
@@ -331,40 +347,59 @@ class TensorRTRunner(Runner):
         torch.cuda.current_stream(t.device).synchronize()
         return int(t.data_ptr())
 
-    def _launch_graph(self, st: _ThreadState, profile: int, shapes: dict[str, Shape]) -> None:
+    def _launch_graph(self, st: _Slot, profile: int, shapes: dict[str, Shape]) -> None:
         key = (profile, tuple(sorted(shapes.items())))
         ctx, stream = st.context, st.stream
         if st.graph_key != key:
             st.drop_graph()
-            for name in [*shapes, *(o.name for o in self.outputs)]:
-                ctx.set_tensor_address(name, st.device[name].ptr)
+            for name, shape in [*shapes.items(), *((o.name, st.out_shapes[o.name]) for o in self.outputs)]:
+                self._set_address(ctx, name, st.device[name].ptr, shape)
             if not ctx.execute_async_v3(stream.handle):  # once outside capture, after the shape change
                 raise UsageError("TensorRT execute_async_v3 failed (see the log above)")
             self._cuda.graph_begin(stream.handle)
             try:
                 ok = ctx.execute_async_v3(stream.handle)
-            finally:
-                graph = self._cuda.graph_end(stream.handle)
+            except BaseException:
+                self._abandon_capture(stream.handle)  # the enqueue's error is the one to report
+                raise
             if not ok:
-                self._cuda.graph_destroy(graph)
-                raise UsageError("TensorRT execute_async_v3 failed while capturing a CUDA graph")
-            st.graph, st.graph_key = graph, key
+                self._abandon_capture(stream.handle)
+                raise UsageError("TensorRT execute_async_v3 failed while capturing a CUDA graph (see the log above)")
+            st.graph, st.graph_key = self._cuda.graph_end(stream.handle), key
         self._cuda.graph_launch(st.graph, stream.handle)
 
+    def _abandon_capture(self, stream: int) -> None:
+        """End a capture that failed; an error from ending it (the capture was invalidated) is logged, not
+        raised, so the first error stays the one reported."""
+        try:
+            graph = self._cuda.graph_end(stream)
+        except Exception as exc:  # noqa: BLE001 - secondary to the error being raised
+            log.debug("ending the failed CUDA graph capture: %s", exc)
+            return
+        try:
+            self._cuda.graph_destroy(graph)
+        except Exception as exc:  # noqa: BLE001 - secondary to the error being raised
+            log.debug("destroying the failed CUDA graph: %s", exc)
+
     def synchronize(self) -> None:
-        st = getattr(self._local, "state", None)
-        if st is not None:
+        st = getattr(self._local, "slot", None)
+        if st is not None and st.context is not None:
             with self._cuda.activate(self._ordinal):
                 st.stream.synchronize()
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
             return
-        self._closed = True
-        with self._states_lock, self._cuda.activate(self._ordinal):
-            for st in self._states:
-                st.release()
-            self._states.clear()
+        with self._free:
+            self._closed = True
+            self._free.notify_all()
+            while any(self._busy):  # let running calls finish with their buffers
+                self._free.wait(timeout=1.0)
+        with self._cuda.activate(self._ordinal):
+            for st in self._slots:
+                if st is not None:
+                    st.release()
+            self._slots = [None] * len(self._slots)
         self._engine = None
         self._runtime = None
 
