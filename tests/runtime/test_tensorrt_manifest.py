@@ -204,7 +204,7 @@ def test_missing_tensorrt_names_the_package(monkeypatch, tmp_path, onnx_model):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"plan")
-    with pytest.raises(MissingDependencyError, match=r"needs the 'tensorrt' package.*resnet-deploy\[tensorrt\]"):
+    with pytest.raises(MissingDependencyError, match=r"needs the 'tensorrt' package.*resnet-deploy\[tensorrt-cu12\].*tensorrt-cu13"):
         TensorRTRunner(engine)
     with pytest.raises(MissingDependencyError, match="tensorrt"):
         build_engine(onnx_model, tmp_path / "e.engine", TINY)

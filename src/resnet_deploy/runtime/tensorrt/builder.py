@@ -33,6 +33,10 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 NO_DEVICE = "no usable CUDA device"
 
 
+#: The other install, named beside ``[tensorrt-cu12]`` wherever TensorRT is missing.
+TENSORRT_CU13 = "or 'resnet-deploy[tensorrt-cu13]' with an R580+ driver: see nvidia-smi's CUDA version"
+
+
 class EngineBuildError(UsageError):
     """TensorRT could not build the engine (the message carries TensorRT's last errors)."""
 
@@ -42,7 +46,7 @@ def import_tensorrt(feature: str = "TensorRT engines") -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise MissingDependencyError("tensorrt", feature, "tensorrt") from exc
+        raise MissingDependencyError("tensorrt", feature, "tensorrt-cu12", alternative=TENSORRT_CU13) from exc
     return trt
 
 

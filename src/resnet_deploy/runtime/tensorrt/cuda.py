@@ -96,7 +96,8 @@ class CudaPython:
             try:  # cuda-python < 12.6 spelled it this way
                 from cuda import cudart  # type: ignore[no-redef]
             except ImportError as exc:
-                raise MissingDependencyError("cuda-python", "the TensorRT runner's CUDA layer", "tensorrt") from exc
+                raise MissingDependencyError("cuda-python", "the TensorRT runner's CUDA layer", "tensorrt-cu12",
+                                             alternative="or [tensorrt-cu13] on an R580+ driver") from exc
         self._rt = cudart
         self._objects: dict[int, Any] = {}  # handle -> the binding's object (streams, graphs)
 
@@ -306,7 +307,8 @@ def get_backend(prefer: str | None = None) -> CudaBackend:
         return _ADAPTERS[prefer][0]()
     names = available_backends()
     if not names:
-        raise MissingDependencyError("cuda-python", "the TensorRT runner's CUDA layer (or pycuda)", "tensorrt")
+        raise MissingDependencyError("cuda-python", "the TensorRT runner's CUDA layer (or pycuda)", "tensorrt-cu12",
+                                     alternative="or [tensorrt-cu13] on an R580+ driver")
     return _ADAPTERS[names[0]][0]()
 
 
