@@ -206,6 +206,8 @@ def load_image(src: ImageSource, *, max_pixels: int | None = None,
                              "bytes, a PIL image or an HxWx3 uint8 array")
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, above ours: the header is enormous
+        raise ImageError(f"image '{name}' is over the decode limit of {cap / 1e6:.1f} MP ({exc})") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"image '{name}' does not exist") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad data

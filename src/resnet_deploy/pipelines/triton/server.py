@@ -494,6 +494,9 @@ class TritonServer:
                f"--http-port={self.http_port}", f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
                f"--model-control-mode={'explicit' if c.allow_model_control else 'none'}",
                "--strict-readiness=true", "--exit-on-error=true",
+               # no request objects kept for reuse: each would keep the buffers of the largest request
+               # it carried (measured: 1.2 GB kept after a few 192 MB requests; 0.1-0.2 GB without)
+               "--grpc-infer-allocation-pool-size=0",
                f"--exit-timeout-secs={int(c.exit_timeout_s)}", "--log-info=true", f"--log-verbose={c.log_verbose}"]
         closed = [a for a in ADMIN_APIS if not (c.allow_model_control and a in MODEL_CONTROL_APIS)]
         restriction = f"{','.join(closed)}:{ADMIN_HEADER}={self._admin_key}"
