@@ -6,7 +6,10 @@ every answer against the local :class:`~resnet_deploy.pipelines.embedder.Embedde
 (random bytes, truncated JPEGs, a PNG declaring 13000x13000, a JPEG declaring 65000x65000, 1x1 and
 40x5000 tensors, FP16 where FP32 is expected, requests over the byte limit), each of which must be
 refused. Prints requests/s, p50/p99 latency of the good requests, errors, wrong answers, and the
-RSS of the model processes (Triton's Python backend stubs) and of tritonserver before and after.
+memory of the model processes (Triton's Python backend stubs) and of tritonserver before and after:
+``rss`` (VmRSS), ``anon`` (private memory) and ``shmem`` (the Python backend's shared-memory pool,
+which keeps the size of the largest request Triton accepted: a garbage request is 64 MiB + one
+photo, just over the entries' default ``max_request_bytes``).
 
     python benchmarks/triton_load.py                       # ResNet-18 embedding, 8 threads, 20 s
     python benchmarks/triton_load.py --duration 5 --threads 8 --garbage-threads 2
@@ -389,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--garbage-threads", type=int, default=2)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of good requests before the first RSS")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args(argv)
 
@@ -420,18 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         garbage = garbage_requests(photos["astronaut"], 64 << 20)
         warm = run_load(served, bytes_model="m_bytes", tensor_model="m_python", output="embedding", photos=photos,
                         references=references, tensors=tensors, garbage=[], threads=args.threads,
-                        garbage_threads=0, duration_s=3.0)
-        before = {name: rss_mb(pid) for name, pid in procs.items()}
+                        garbage_threads=0, duration_s=args.warmup)
+        before = {name: memory_mb(pid) for name, pid in procs.items()}
         res = run_load(served, bytes_model="m_bytes", tensor_model="m_python", output="embedding", photos=photos,
                        references=references, tensors=tensors, garbage=garbage, threads=args.threads,
                        garbage_threads=args.garbage_threads, duration_s=args.duration)
-        after = {name: rss_mb(pid) for name, pid in procs.items()}
+        after = {name: memory_mb(pid) for name, pid in procs.items()}
     finally:
         code = served.interrupt()
     summary = res.summary()
     summary.update({"variant": args.variant, "threads": args.threads, "garbage_threads": args.garbage_threads,
-                    "warmup_good_ok": warm.good_ok, "rss_mb_before": {k: round(v, 1) for k, v in before.items()},
-                    "rss_mb_after": {k: round(v, 1) for k, v in after.items()}, "triton_serve_exit": code,
+                    "warmup_s": args.warmup, "warmup_good_ok": warm.good_ok,
+                    "memory_mb_before": {k: {m: round(x) for m, x in v.items()} for k, v in before.items()},
+                    "memory_mb_after": {k: {m: round(x) for m, x in v.items()} for k, v in after.items()},
+                    "triton_serve_exit": code,
                     "cpu": _cpu_model(), "cpus": os.cpu_count()})
     print(json.dumps(summary, indent=2))
     if args.out_json:
