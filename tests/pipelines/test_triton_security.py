@@ -46,42 +46,12 @@ BYTES_MODEL, TENSOR_MODEL = f"{NAME}_bytes", f"{NAME}_python"
 MAX_REQUEST_BYTES = 2 << 20
 
 
-def _tiny_export(root: Path) -> Path:
-    """An export directory holding a model with the toolkit's I/O contract (NCHW in, (N, 3) out):
-    global average pooling, with crop 32 preprocessing metadata."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from resnet_deploy._io import sha256_file
-    from resnet_deploy.artifacts import metadata_props
-    from resnet_deploy.models.transforms import Preprocessing
-
-    root.mkdir(parents=True)
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [0, 3])
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Reshape", ["pooled", "shape"], ["embedding"])]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", [inp], [out], initializer=[shape]),
-                              opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    meta = {"variant": "tiny", "head": "embedding", "output_dim": 3,
-            "preprocessing": Preprocessing(resize_size=40, crop_size=32).to_dict()}
-    for k, v in metadata_props(meta).items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(root / "tiny.onnx"))
-    manifest = {"variant": "tiny", "artifacts": [{"path": "tiny.onnx", "precision": "fp32",
-                                                  "sha256": sha256_file(root / "tiny.onnx")}]}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     from resnet_deploy.pipelines.triton import write_repository
 
     base = tmp_path_factory.mktemp("triton-security")
-    export = _tiny_export(base / "export")
+    export = triton_load.tiny_export(base / "export")
     path = base / "repo"
     write_repository(export, path, name=NAME, max_batch_size=8, max_queue_delay_us=2000,
                      runner_backend="onnxruntime", entries=("python", "bytes"), max_side=512,
