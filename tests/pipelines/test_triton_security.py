@@ -275,3 +275,29 @@ def test_sigterm_ends_serve_with_143(repo):
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(60) == 143
     assert "stopped (SIGTERM)" in s.rest_of_output()
+
+
+def test_ctrl_c_while_starting_ends_with_130_and_leaves_no_server(repo):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "resnet_deploy.cli.main", "triton-serve", str(repo), "--http-port", "0",
+           "--grpc-port", "0", "--no-metrics"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # wait until Triton was launched, then interrupt before it is ready
+        lines.append(line)
+        if "starting Triton" in line:
+            break
+    deadline = time.monotonic() + 30
+    tree = triton_load.server_processes(proc.pid)
+    while "tritonserver" not in tree and time.monotonic() < deadline:
+        time.sleep(0.05)
+        tree = triton_load.server_processes(proc.pid)
+    assert "tritonserver" in tree, lines
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    rest = proc.stdout.read()
+    assert "interrupted" in rest and "Traceback" not in rest, rest
+    time.sleep(0.5)
+    assert not Path(f"/proc/{tree['tritonserver']}").exists() or \
+        "zombie" in Path(f"/proc/{tree['tritonserver']}/status").read_text().lower()
