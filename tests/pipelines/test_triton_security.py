@@ -277,7 +277,8 @@ def test_sigterm_ends_serve_with_143(repo):
     assert "stopped (SIGTERM)" in s.rest_of_output()
 
 
-def test_ctrl_c_while_starting_ends_with_130_and_leaves_no_server(repo):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_starting_ends_serve_and_leaves_no_server(repo, sig, code, word):
     import subprocess
 
     cmd = [sys.executable, "-m", "resnet_deploy.cli.main", "triton-serve", str(repo), "--http-port", "0",
@@ -294,10 +295,10 @@ def test_ctrl_c_while_starting_ends_with_130_and_leaves_no_server(repo):
         time.sleep(0.05)
         tree = triton_load.server_processes(proc.pid)
     assert "tritonserver" in tree, lines
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 130
+    proc.send_signal(sig)
+    assert proc.wait(30) == code
     rest = proc.stdout.read()
-    assert "interrupted" in rest and "Traceback" not in rest, rest
+    assert word in rest and "Traceback" not in rest, rest
     time.sleep(0.5)
     assert not Path(f"/proc/{tree['tritonserver']}").exists() or \
         "zombie" in Path(f"/proc/{tree['tritonserver']}/status").read_text().lower()

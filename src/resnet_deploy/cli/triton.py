@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..pipelines.triton.server import ServerConfig, TritonServer
 
 DOCKER_HINT = ("docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
                "-v {repo}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
@@ -124,6 +129,14 @@ def run_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while the server starts: unwinds like Ctrl-C (the server is stopped)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..pipelines.triton.server import ServerConfig, TritonServer
 
@@ -134,6 +147,20 @@ def run_serve(args: argparse.Namespace) -> int:
                        stub_site=tuple(Path(p) for p in args.stub_site) if args.stub_site else None,
                        allow_model_control=args.allow_model_control)
     server = TritonServer(cfg)
+    # SIGTERM before serve_forever takes over (while starting, or printing) unwinds like Ctrl-C, so
+    # the server (in its own session) is stopped rather than left behind.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _serve(server, cfg)
+    except _Terminated:
+        server.stop()
+        print("terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(server: "TritonServer", cfg: "ServerConfig") -> int:
     server.start()
     try:
         print(f"Triton is ready ({len(server.models)} model{'s' if len(server.models) != 1 else ''}):")
@@ -149,8 +176,8 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"  log      {cfg.log_file}")
         control = "open (--allow-model-control)" if cfg.allow_model_control else "closed"
         print(f"  model control {control}")
-        print("Ctrl-C to stop", flush=True)
-        reason = server.serve_forever()  # a model that stops being ready is logged as it happens
+        # a model that stops being ready is logged as it happens
+        reason = server.serve_forever(on_serving=lambda: print("Ctrl-C to stop", flush=True))
     finally:
         server.stop()
     print(f"stopped ({reason})", flush=True)

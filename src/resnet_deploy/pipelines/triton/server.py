@@ -629,11 +629,12 @@ class TritonServer:
                 new[m] = why
         return new
 
-    def serve_forever(self, on_unready: Any = None) -> str:
+    def serve_forever(self, on_unready: Any = None, on_serving: Any = None) -> str:
         """Block until SIGINT/SIGTERM (then stop cleanly) or until the server dies on its own
         (raises :class:`ServerError` quoting its log), checking every ``watch_interval_s`` that each
         model is still ready: a model that is not is logged, recorded in ``unready`` and passed to
-        ``on_unready(model, reason)``. Returns the name of the signal."""
+        ``on_unready(model, reason)``. ``on_serving()`` is called once the signal handlers are in
+        place (the moment to tell a user that Ctrl-C stops it). Returns the name of the signal."""
         got: list[int] = []
         stop_event = threading.Event()
 
@@ -648,6 +649,8 @@ class TritonServer:
                 previous[sig] = signal.signal(sig, handler)
         next_check = time.monotonic() + self.cfg.watch_interval_s
         try:
+            if on_serving is not None:
+                on_serving()
             while not stop_event.wait(0.25):
                 if self.is_running() and time.monotonic() >= next_check:
                     for model, why in self.check_models().items():
