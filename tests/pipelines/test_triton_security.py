@@ -302,3 +302,27 @@ def test_a_signal_while_starting_ends_serve_and_leaves_no_server(repo, sig, code
     time.sleep(0.5)
     assert not Path(f"/proc/{tree['tritonserver']}").exists() or \
         "zombie" in Path(f"/proc/{tree['tritonserver']}/status").read_text().lower()
+
+
+def test_a_dead_model_process_is_reported_though_triton_still_says_ready(repo):
+    """Triton 2.51 keeps answering "ready" for a model whose Python backend process died (and fails
+    every request to it); triton-serve notices the process is gone."""
+    import os
+
+    s = triton_load.start_triton_serve(repo, "--model", TENSOR_MODEL)
+    try:
+        os.kill(s.processes()[TENSOR_MODEL], signal.SIGKILL)
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = s.output.get(timeout=30)
+            if line is None:
+                break
+            seen.append(line)
+            if "no longer ready" in line:
+                break
+        assert any(f"model {TENSOR_MODEL} is no longer ready (1 of its 1 Python backend processes exited)" in line
+                   for line in seen), seen
+    finally:
+        code = s.interrupt(timeout=60)
+    assert code == 1, s.rest_of_output()

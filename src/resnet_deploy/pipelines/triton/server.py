@@ -390,6 +390,7 @@ class TritonServer:
         self.stub_numpy: str | None = None
         #: model -> why it stopped being ready while serving (HTTP status of its readiness check)
         self.unready: dict[str, str] = {}
+        self._stubs_at_start: dict[str, int] = {}  # model -> Python backend stub processes when ready
         self._admin_key = secrets.token_urlsafe(32)  # never printed: closes the restricted APIs
 
     @property
@@ -544,8 +545,34 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self._stubs_at_start = {m: len(pids) for m, pids in self.stub_processes().items()}
         log.info("Triton ready: HTTP %s, gRPC %s, models %s", self.http_url, self.grpc_url, ", ".join(self.models))
         return self
+
+    def stub_processes(self) -> dict[str, list[int]]:
+        """``{model: [pid, ...]}``: the Python backend stub processes (one per model instance) among
+        the server's children, from ``/proc`` (empty where there is none)."""
+        out: dict[str, list[int]] = {m: [] for m in self.models}
+        if self.proc is None or not os.path.isdir("/proc"):
+            return out
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+                if int(stat.rsplit(")", 1)[1].split()[1]) != self.proc.pid or stat.rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except (OSError, ValueError, IndexError):
+                continue
+            script = next((a for a in args[1:2] if a.endswith("model.py")), None)
+            if script is not None:
+                model = Path(script).parent.parent.name
+                if model in out:
+                    out[model].append(int(entry))
+        return out
 
     def _read_output(self) -> None:
         proc = self.proc
@@ -619,12 +646,23 @@ class TritonServer:
 
     def check_models(self) -> dict[str, str]:
         """Readiness of each served model now: ``{model: reason}`` for those not ready (a model
-        unloaded, or its backend stub gone). Records them in ``unready``; returns the new ones."""
+        unloaded, or one of its Python backend processes gone). Records them in ``unready``; returns
+        the new ones."""
         new = {}
+        stubs = self.stub_processes() if self._stubs_at_start else {}
         for m in self.models:
+            if m in self.unready:
+                continue
             code = self._get(f"/v2/models/{m}/ready")
-            if code != 200 and m not in self.unready:
+            why = None
+            if code != 200:
                 why = f"readiness check answered HTTP {code}" if code else "readiness check got no answer"
+            elif len(stubs.get(m, ())) < self._stubs_at_start.get(m, 0):
+                # Triton 2.51 still answers "ready" for a model whose backend process died, and fails
+                # every request to it ("Stub process ... is not healthy")
+                why = (f"{self._stubs_at_start[m] - len(stubs.get(m, ()))} of its {self._stubs_at_start[m]} Python "
+                       "backend processes exited")
+            if why is not None:
                 self.unready[m] = why
                 new[m] = why
         return new
