@@ -287,7 +287,8 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        return {"duration_s": round(self.duration_s, 1), "requests": self.good_ok + self.good_failed + self.garbage_sent,
+        return {"duration_s": round(self.duration_s, 1),
+                "requests": self.good_ok + self.good_failed + self.garbage_sent,
                 "requests_per_s": round(self.requests_per_s, 1), "good_ok": self.good_ok,
                 "good_failed": self.good_failed, "wrong_answers": self.wrong, "garbage_sent": self.garbage_sent,
                 "garbage_refused": self.garbage_refused, "garbage_accepted": self.garbage_accepted,

@@ -8,7 +8,8 @@ tensor, Ctrl-C; and, without a server, ``--host 'not a host'``, ``triton-repo --
 ``PYTHONPATH`` selects:
 
     PYTHONPATH=src python benchmarks/triton_probes.py /tmp/probes-after
-    git archive <old commit> src | tar -x -C /tmp/old && PYTHONPATH=/tmp/old/src python benchmarks/triton_probes.py /tmp/probes-before
+    git archive <old commit> src | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old/src python benchmarks/triton_probes.py /tmp/probes-before
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code
 
     marker = work / "pwned"
-    code = f"open({str(marker)!r}, 'w').write('x')\nclass TritonPythonModel:\n    def execute(self, r):\n        return []\n"
+    code = (f"open({str(marker)!r}, 'w').write('x')\n"
+            "class TritonPythonModel:\n    def execute(self, r):\n        return []\n")
     config = {"backend": "python", "max_batch_size": 0,
               "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],
               "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}]}

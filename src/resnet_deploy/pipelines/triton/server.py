@@ -796,6 +796,7 @@ def batch_histogram(stats: dict[str, Any]) -> dict[int, int]:
     return out
 
 
-__all__ = ["ADMIN_APIS", "MODEL_CONTROL_APIS", "STUB_SITE_ENV", "ServerConfig", "ServerError", "TritonDistribution", "TritonServer", "batch_histogram",
-           "check_host", "check_stub_numpy", "exposure_warning", "failure_lines", "find_distribution", "free_port", "make_stub_env", "model_statistics",
-           "is_loopback", "parse_log_line", "port_is_free", "stub_site_dirs"]
+__all__ = ["ADMIN_APIS", "MODEL_CONTROL_APIS", "STUB_SITE_ENV", "ServerConfig", "ServerError", "TritonDistribution",
+           "TritonServer", "batch_histogram", "check_host", "check_stub_numpy", "exposure_warning", "failure_lines",
+           "find_distribution", "free_port", "is_loopback", "make_stub_env", "model_statistics", "parse_log_line",
+           "port_is_free", "stub_site_dirs"]
