@@ -325,3 +325,82 @@ def test_bytes_roundtrip_of_webp_and_gif():
         Image.fromarray(arr).save(buf, format=fmt)
         img = load_image(buf.getvalue())
         assert img.mode == "RGB" and img.size == (arr.shape[1], arr.shape[0])
+
+
+# -- bounded decoding ------------------------------------------------------------------------------
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG declaring ``width`` x ``height`` 8-bit RGB whose pixel data is one empty row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4))
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.resize(size, Image.BILINEAR).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header():
+    from resnet_deploy.models.preprocessing import DEFAULT_MAX_IMAGE_PIXELS
+
+    assert DEFAULT_MAX_IMAGE_PIXELS <= 40_000_000 < Image.MAX_IMAGE_PIXELS
+    # no pixel data at all: only the declared size can be the reason
+    with pytest.raises(ImageError, match=r"13000x13000 \(169.0 MP\), over the decode limit of 40.0 MP"):
+        preprocess(_png_header(13000, 13000), IMAGENET_V1)
+    with pytest.raises(ImageError, match="over the decode limit"):  # Pillow's own guard, in our words
+        load_image(_png_header(20000, 20000))
+    with pytest.raises(ImageError, match="truncated|cannot decode"):  # under the cap: decoding is tried
+        load_image(_png_header(100, 100))
+
+
+def test_the_pixel_cap_is_settable(monkeypatch):
+    from resnet_deploy.models.preprocessing import MAX_PIXELS_ENV, max_image_pixels
+
+    png = io.BytesIO()
+    Image.new("RGB", (40, 50), (1, 2, 3)).save(png, format="PNG")
+    data = png.getvalue()
+    assert load_image(data).size == (40, 50)
+    with pytest.raises(ImageError, match=r"40x50 \(0.0 MP\), over the decode limit"):
+        load_image(data, max_pixels=1999)
+    assert preprocess(data, IMAGENET_V1, max_pixels=2000).shape == (3, 224, 224)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1999")
+    assert max_image_pixels() == 1999
+    with pytest.raises(ImageError, match="over the decode limit"):
+        preprocess_many([data], IMAGENET_V1)
+    assert load_image(data, max_pixels=2000).size == (40, 50)  # an explicit value wins
+    monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
+    with pytest.raises(UsageError, match="RESNET_DEPLOY_MAX_IMAGE_PIXELS must be a positive integer"):
+        load_image(data)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(UsageError, match="positive integer"):
+            max_image_pixels(bad)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(monkeypatch):
+    import resnet_deploy.models.preprocessing as pp
+
+    data = _jpeg((1280, 960))
+    prep = Preprocessing(resize_size=72, crop_size=64)
+    full = preprocess(data, prep)  # 1.2 MP: under DRAFT_MIN_PIXELS, decoded in full
+    assert_matches(full, reference(Image.open(io.BytesIO(data)).convert("RGB"), prep))
+    monkeypatch.setattr(pp, "DRAFT_MIN_PIXELS", 1_000_000)
+    # the short side stays >= twice the resize size: 960 / 4 = 240 >= 144
+    assert load_image(data, min_size=(144, 144)).size == (320, 240)
+    assert load_image(data).size == (1280, 960)  # no min_size: nothing to reduce towards
+    drafted = preprocess(data, prep)
+    assert drafted.shape == full.shape
+    assert float(np.abs(drafted - full).mean()) < 0.05  # the same picture, resampled differently
+    # the cap applies to the reduced size: 1.2 MP declared, 0.08 MP decoded
+    assert preprocess(data, prep, max_pixels=100_000).shape == (3, 64, 64)
+    monkeypatch.setattr(pp, "DRAFT_MIN_PIXELS", 16_000_000)
+    with pytest.raises(ImageError, match="over the decode limit"):
+        preprocess(data, prep, max_pixels=100_000)

@@ -305,3 +305,196 @@ def test_handler_parameters_are_checked(tmp_path):
         HandlerConfig.from_parameters({"input_kind": "jpeg"}, tmp_path)
     cfg = HandlerConfig.from_parameters({"device": "cuda"}, tmp_path, device_id=1)
     assert cfg.device == "cuda:1"
+
+
+# -- bounds, integrity and messages (issue 11) -------------------------------------------------------
+
+def _tensor_handler(tmp_path, **params):
+    from resnet_deploy.pipelines.triton.handler import HandlerConfig, RequestHandler
+
+    version = tmp_path / "1"
+    version.mkdir(exist_ok=True)
+    _tiny_onnx(version / "model.onnx")
+    base = {"input_kind": "tensor", "runner_backend": "onnxruntime", "batch_size": "4"}
+    return RequestHandler(HandlerConfig.from_parameters({**base, **params}, version))
+
+
+def test_tensor_handler_refuses_sizes_outside_its_bounds_before_running(tmp_path, monkeypatch):
+    h = _tensor_handler(tmp_path, max_height="96", max_width="128", max_request_bytes=str(3 * 64 * 64 * 4 * 8))
+    calls: list[tuple[int, ...]] = []
+    real = h.model.run_batch
+    monkeypatch.setattr(h.model, "run_batch", lambda b: calls.append(b.shape) or real(b))
+    rng = np.random.default_rng(0)
+    ok = rng.standard_normal((1, 3, 32, 32), dtype=np.float32)
+    edge = rng.standard_normal((1, 3, 96, 128), dtype=np.float32)
+    requests = [np.zeros((1, 3, 1, 1), np.float32), np.zeros((1, 3, 16, 64), np.float32), ok,
+                np.zeros((1, 3, 97, 64), np.float32), np.zeros((1, 3, 64, 129), np.float32),
+                np.zeros((9, 3, 64, 64), np.float32), edge]
+    results = h.handle(requests)
+    for i in (0, 1, 3, 4):
+        assert isinstance(results[i], UsageError) and "height and width must be within 32..96" in str(results[i])
+    assert "1x1" in str(results[0]) and "97x64" in str(results[3])
+    assert isinstance(results[5], UsageError) and "max_request_bytes" in str(results[5])
+    np.testing.assert_allclose(results[2], ok.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[6], edge.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    assert sorted(calls) == [(1, 3, 32, 32), (1, 3, 96, 128)]  # nothing refused reached the runner
+    h.close()
+
+
+def test_large_tensors_run_in_fewer_rows_per_call(tmp_path, monkeypatch):
+    h = _tensor_handler(tmp_path)  # batch 4 at crop 32: 4096 pixels per call
+    calls: list[int] = []
+    real = h.model.run_batch
+    monkeypatch.setattr(h.model, "run_batch", lambda b: calls.append(len(b)) or real(b))
+    x = np.random.default_rng(1).standard_normal((5, 3, 64, 64), dtype=np.float32)
+    small = np.random.default_rng(2).standard_normal((6, 3, 32, 32), dtype=np.float32)
+    big_out, small_out = h.handle([x, small])
+    np.testing.assert_allclose(big_out, x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small_out, small.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    assert calls == [1, 1, 1, 1, 1, 4, 2]  # 64x64 is 4 crops: one row per call; 32x32: full batches
+    h.close()
+
+
+def test_bytes_handler_bounds_request_bytes_and_decoded_pixels(tmp_path):
+    from resnet_deploy.pipelines.triton.handler import HandlerConfig, RequestHandler
+
+    version = tmp_path / "1"
+    version.mkdir()
+    _tiny_onnx(version / "model.onnx")
+    red = _png((255, 0, 0))
+    params = {"input_kind": "bytes", "runner_backend": "onnxruntime", "max_request_bytes": str(3 * len(red)),
+              "max_image_pixels": "1999"}
+    with RequestHandler(HandlerConfig.from_parameters(params, version)) as h:
+        small = _png((0, 0, 255), size=(40, 40))
+        results = h.handle([np.array([[red]] * 4, dtype=object), np.array([[red]], dtype=object),
+                            np.array([[small]], dtype=object)])
+    assert isinstance(results[0], UsageError) and "max_request_bytes" in str(results[0])
+    assert isinstance(results[1], UsageError) and "40x50 (0.0 MP), over the decode limit of 0.0 MP" in str(results[1])
+    assert results[2].shape == (1, 3)
+
+
+def test_handler_verifies_the_model_file_and_keeps_inside_the_entry(tmp_path):
+    from resnet_deploy._io import sha256_file
+    from resnet_deploy.pipelines.triton.handler import HandlerConfig
+
+    version = tmp_path / "entry" / "1"
+    version.mkdir(parents=True)
+    _tiny_onnx(version / "model.onnx")
+    good = sha256_file(version / "model.onnx")
+    assert HandlerConfig.from_parameters({"artifact_sha256": good}, version).artifact == version / "model.onnx"
+    with pytest.raises(UsageError, match=f"sha256 {good}, config.pbtxt records {'0' * 64}"):
+        HandlerConfig.from_parameters({"artifact_sha256": "0" * 64}, version)
+    _tiny_onnx(tmp_path / "outside.onnx")
+    for name in ("../../outside.onnx", str(tmp_path / "outside.onnx")):
+        with pytest.raises(UsageError, match="outside|absolute"):
+            HandlerConfig.from_parameters({"artifact": name}, version)
+    (version / "link.onnx").symlink_to(tmp_path / "outside.onnx")
+    with pytest.raises(UsageError, match="resolves outside"):
+        HandlerConfig.from_parameters({"artifact": "link.onnx"}, version)
+    for key, bad in (("max_height", "0"), ("max_request_bytes", "lots")):
+        with pytest.raises(UsageError, match=f"parameter {key} must be a positive integer"):
+            HandlerConfig.from_parameters({key: bad}, version)
+
+
+def test_repository_records_the_sha256_and_the_bounds(tmp_path):
+    from resnet_deploy._io import sha256_file
+
+    export = _export_dir(tmp_path / "export")
+    result = write_repository(export, tmp_path / "repo", entries=("python", "bytes"), max_side=512,
+                              max_request_bytes=1 << 20, max_image_pixels=10_000_000)
+    kinds = {e.kind: tmp_path / "repo" / e.name for e in result.entries}
+    digest = sha256_file(export / "tiny.onnx")
+    py, by = _parse(kinds["python"]), _parse(kinds["bytes"])
+    assert py.parameters["artifact_sha256"].string_value == digest == by.parameters["artifact_sha256"].string_value
+    assert py.parameters["max_height"].string_value == py.parameters["max_width"].string_value == "512"
+    assert py.parameters["max_request_bytes"].string_value == str(1 << 20)
+    assert by.parameters["max_image_pixels"].string_value == "10000000"
+    assert json.loads((kinds["python"] / "resnet_deploy.json").read_text())["sha256"] == digest
+    # the handler refuses the entry once its model file is replaced
+    from resnet_deploy.pipelines.triton.handler import HandlerConfig
+
+    model = kinds["python"] / "1" / "model.onnx"
+    model.unlink()  # a hard link to the export: replace, do not edit the shared inode
+    _tiny_onnx(model, crop=48)
+    params = {k: v.string_value for k, v in py.parameters.items()}
+    with pytest.raises(UsageError, match="does not match its entry"):
+        HandlerConfig.from_parameters(params, model.parent)
+
+
+def test_default_bounds_and_tiny_max_side(tmp_path):
+    export = _export_dir(tmp_path / "export")
+    result = write_repository(export, tmp_path / "repo", entries=("python",))
+    py = _parse(tmp_path / "repo" / result.entries[0].name)
+    assert py.parameters["max_height"].string_value == "1024"
+    assert py.parameters["max_request_bytes"].string_value == str(64 << 20)
+    with pytest.raises(UsageError, match="--max-side must be >= 32"):
+        write_repository(export, tmp_path / "repo2", entries=("python",), max_side=8)
+
+
+@pytest.mark.parametrize("flag, value", [("--precision", "../../x"), ("--precision", "fp64"),
+                                         ("--trt-precision", "../x")])
+def test_unknown_precision_is_named(export_dir, tmp_path, capsys, flag, value):
+    from resnet_deploy.cli.main import main
+
+    assert main(["triton-repo", str(export_dir), "--output", str(tmp_path / "repo"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown {flag} '{value}'; choose one of: fp32, fp16, bf16, int8" in err
+    assert "export first" not in err and "Traceback" not in err
+    assert not (tmp_path / "repo").exists()
+
+
+# -- triton-serve options, without starting a server ------------------------------------------------
+
+@pytest.mark.parametrize("host, match", [("not a host", "is not an IP address"),
+                                         ("localhost", r"not an IP address \(for loopback pass 127.0.0.1\)"),
+                                         ("203.0.113.7", "is not an address of this machine"),
+                                         ("999.1.1.1", "is not an IP address")])
+def test_serve_host_is_checked_with_a_clear_message(tmp_path, capsys, host, match):
+    from resnet_deploy.cli.main import main
+
+    (tmp_path / "repo").mkdir()
+    assert main(["triton-serve", str(tmp_path / "repo"), "--host", host, "--no-metrics"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--host" in err
+    import re
+
+    assert re.search(match, err), err
+    assert "choose other ports" not in err
+
+
+def test_exposure_warning_names_what_is_exposed():
+    from resnet_deploy.pipelines.triton.server import exposure_warning
+
+    ports = {"HTTP": 8000, "gRPC": 8001, "metrics": None}
+    assert exposure_warning("127.0.0.1", ports, False) is None
+    assert exposure_warning("::1", ports, False) is None
+    text = exposure_warning("0.0.0.0", ports, False)
+    assert "0.0.0.0 is not loopback" in text and "inference, health, metadata and statistics" in text
+    assert "HTTP port 8000, gRPC port 8001" in text and "metrics" not in text and "model control" not in text
+    opened = exposure_warning("0.0.0.0", ports, True)
+    assert "model control" in opened and "run code" in opened
+    assert "every process on this machine" in exposure_warning("127.0.0.1", ports, True)
+
+
+def test_server_command_is_locked_by_default(tmp_path):
+    """The command line: model control off, admin APIs restricted with a secret that is not logged."""
+    from resnet_deploy.pipelines.triton import server as tserver
+
+    dist = tserver.TritonDistribution(Path("/bin/tritonserver"), tmp_path, tmp_path, tmp_path, "3.11")
+    srv = tserver.TritonServer(tserver.ServerConfig(tmp_path, http_port=1, grpc_port=2, metrics_port=None))
+    srv.models = ["m"]
+    cmd = srv._command(dist, tmp_path)
+    assert "--model-control-mode=none" in cmd and f"--model-repository={tmp_path / 'models'}" in cmd
+    assert not any(a.startswith("--load-model") for a in cmd)
+    for flag in ("--http-restricted-api=", "--grpc-restricted-protocol="):
+        value = next(a for a in cmd if a.startswith(flag))[len(flag):]
+        apis, key = value.split(":", 1)
+        assert apis.split(",") == ["model-repository", "model-config", "shared-memory", "trace", "logging"]
+        assert key.startswith(tserver.ADMIN_HEADER + "=") and len(key.split("=", 1)[1]) >= 32
+    opened = tserver.TritonServer(tserver.ServerConfig(tmp_path, http_port=1, grpc_port=2, metrics_port=None,
+                                                       allow_model_control=True))
+    opened.models = ["m"]
+    cmd = opened._command(dist, tmp_path)
+    assert "--model-control-mode=explicit" in cmd and "--load-model=m" in cmd
+    assert next(a for a in cmd if a.startswith("--http-restricted-api=")).split("=", 1)[1].startswith(
+        "shared-memory,trace,logging:")

@@ -224,11 +224,11 @@ def test_corrupt_image_is_an_error_and_the_server_stays_up(served, photos, embed
 
 
 def test_ctrl_c_stops_cleanly(served):
-    """Last test using ``served``: SIGINT ends triton-serve with exit code 0 and frees its ports."""
+    """Last test using ``served``: SIGINT ends triton-serve with exit code 130 and frees its ports."""
     served.proc.send_signal(signal.SIGINT)
     served.proc.wait(60)
     rest = served.rest_of_output()
-    assert served.proc.returncode == 0, rest
+    assert served.proc.returncode == 130, rest
     assert "stopped (SIGINT)" in rest
     assert tserver.port_is_free(served.http) and tserver.port_is_free(served.grpc)
 

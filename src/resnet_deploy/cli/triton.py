@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..pipelines.triton.server import ServerConfig, TritonServer
 
 DOCKER_HINT = ("docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
                "-v {repo}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
@@ -48,6 +54,15 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                    help="dynamic batching: how long a request may wait for others (default 500 us)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="bytes entry: decode threads per instance (default: the Embedder's)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="python entry: largest tensor height/width a request may have (default 1024; the "
+                        "smallest is 32, as for export)")
+    p.add_argument("--max-request-bytes", type=int, default=None,
+                   help="python and bytes entries: largest request in bytes, refused before any work "
+                        "(default 64 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="bytes entry: most pixels an image may decode to, checked from its header (default: "
+                        "the server's, 40 MP or $RESNET_DEPLOY_MAX_IMAGE_PIXELS)")
     p.add_argument("--no-warmup", action="store_true", help="no warmup request before a model is marked ready")
     p.add_argument("--force", action="store_true", help="replace entries of the same names in --output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -57,15 +72,23 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "triton-serve", parents=[common], help="serve a model repository with the nvidia-pytriton server (CPU)",
         description="Start the Triton server shipped in the nvidia-pytriton wheel on the Python-backend models of "
                     "REPO (it has no ONNX Runtime/TensorRT/OpenVINO backends: use NVIDIA's container for the native "
-                    "entries), wait until it is ready, print the endpoints, and stop cleanly on Ctrl-C. "
-                    "Exit 0 after Ctrl-C, 2 when it cannot start (Triton's own log line is quoted).")
+                    "entries), wait until it is ready, print the endpoints, watch that every model stays "
+                    "ready, and stop on Ctrl-C. Model control (load/unload) and Triton's other admin APIs are "
+                    "closed unless --allow-model-control; it listens on 127.0.0.1 unless --host says otherwise. "
+                    "Exit 130 after Ctrl-C (143 after SIGTERM), 1 when a model stopped being ready while "
+                    "serving, 2 when it cannot start (Triton's own log line is quoted) or stops on its own.")
     s.add_argument("repository", help="a model repository written by `resnet-deploy triton-repo`")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
     s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")
     s.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for "
-                                                       "every interface)")
+    s.add_argument("--host", default="127.0.0.1", help="IP address to listen on (default 127.0.0.1, loopback; "
+                                                       "0.0.0.0 for every interface, with a warning naming what "
+                                                       "is exposed: there is no authentication)")
+    s.add_argument("--allow-model-control", action="store_true",
+                   help="open Triton's model control: --model-control-mode=explicit and the model-repository and "
+                        "model-config APIs (load/unload). Anyone who reaches them can load a Python model, that is "
+                        "run code as this user. Off by default (shared-memory, trace and logging stay closed)")
     s.add_argument("--model", action="append", default=None, dest="models",
                    help="load only this model (repeatable; default: every Python-backend model)")
     s.add_argument("--log-file", default=None, help="write Triton's log to this file")
@@ -84,7 +107,9 @@ def run_repo(args: argparse.Namespace) -> int:
                            max_batch_size=args.max_batch_size, instances=args.instances, entries=args.entries,
                            precision=args.precision, trt_precision=args.trt_precision, device=args.device,
                            runner_backend=args.runner_backend, max_queue_delay_us=args.max_queue_delay_us,
-                           decode_workers=args.decode_workers, warmup=not args.no_warmup, force=args.force)
+                           decode_workers=args.decode_workers, warmup=not args.no_warmup, force=args.force,
+                           max_side=args.max_side, max_request_bytes=args.max_request_bytes,
+                           max_image_pixels=args.max_image_pixels)
     result = build_repository(cfg)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -104,6 +129,14 @@ def run_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while the server starts: unwinds like Ctrl-C (the server is stopped)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..pipelines.triton.server import ServerConfig, TritonServer
 
@@ -111,8 +144,23 @@ def run_serve(args: argparse.Namespace) -> int:
                        metrics_port=None if args.no_metrics else args.metrics_port, host=args.host,
                        models=tuple(args.models) if args.models else None, startup_timeout_s=args.startup_timeout,
                        log_file=Path(args.log_file) if args.log_file else None, log_verbose=args.log_verbose,
-                       stub_site=tuple(Path(p) for p in args.stub_site) if args.stub_site else None)
+                       stub_site=tuple(Path(p) for p in args.stub_site) if args.stub_site else None,
+                       allow_model_control=args.allow_model_control)
     server = TritonServer(cfg)
+    # SIGTERM before serve_forever takes over (while starting, or printing) unwinds like Ctrl-C, so
+    # the server (in its own session) is stopped rather than left behind.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _serve(server, cfg)
+    except _Terminated:
+        server.stop()
+        print("terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(server: "TritonServer", cfg: "ServerConfig") -> int:
     server.start()
     try:
         print(f"Triton is ready ({len(server.models)} model{'s' if len(server.models) != 1 else ''}):")
@@ -126,9 +174,15 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"  skipped  {m}: {why}")
         if cfg.log_file:
             print(f"  log      {cfg.log_file}")
-        print("Ctrl-C to stop", flush=True)
-        reason = server.serve_forever()
+        control = "open (--allow-model-control)" if cfg.allow_model_control else "closed"
+        print(f"  model control {control}")
+        # a model that stops being ready is logged as it happens
+        reason = server.serve_forever(on_serving=lambda: print("Ctrl-C to stop", flush=True))
     finally:
         server.stop()
-    print(f"stopped ({reason})")
-    return 0
+    print(f"stopped ({reason})", flush=True)
+    if server.unready:
+        print(f"error: {len(server.unready)} model{'s' if len(server.unready) != 1 else ''} stopped being ready "
+              f"while serving: {', '.join(server.unready)}", file=sys.stderr)
+        return 1
+    return {"SIGINT": 130, "SIGTERM": 143}.get(reason, 0)

@@ -17,6 +17,13 @@ Alpha is dropped (as ``PIL.Image.convert("RGB")`` does, which is what torchvisio
 
 NumPy and Pillow only: this is the serving path. :class:`FusedPreprocess` (a torch module, for
 export) is in :mod:`resnet_deploy.models.fused` and still importable from here.
+
+Decoding is bounded: an encoded image (a file or bytes) whose pixels, once decoded, would exceed
+``max_pixels`` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 40 MP, or ``$RESNET_DEPLOY_MAX_IMAGE_PIXELS``)
+is refused from its header, before any pixel is decoded; and a JPEG over :data:`DRAFT_MIN_PIXELS`
+is decoded at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``, in the DCT) when the preprocessing only
+needs its resize size, so a 50 MP photo costs a few MB, not 150. Smaller images decode as before,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ _RESAMPLE = {
 _ORIENTATION = 0x0112  # EXIF tag
 #: A resized image larger than this many crops (aspect ratio beyond ~30:1) is resampled in the crop window only.
 EXTREME_AREA = 40
+
+#: The most pixels an encoded image may decode to (Pillow's own guard only warns at 89 MP and
+#: refuses at 179 MP: 540 MB of RGB). A 493 KB PNG can declare 13000x13000.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: Environment variable that sets the process-wide cap (a positive integer).
+MAX_PIXELS_ENV = "RESNET_DEPLOY_MAX_IMAGE_PIXELS"
+#: JPEGs above this many pixels are decoded at reduced scale (draft) for preprocessing; below it,
+#: decoding is exactly Pillow's full decode (bit-identical to torchvision's loader).
+DRAFT_MIN_PIXELS = 16_000_000
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -130,10 +146,47 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, L, LA, RGBA, P, 1, YCbCr, LAB, HSV
 
 
-def load_image(src: ImageSource) -> Image.Image:
+def max_image_pixels(value: int | None = None) -> int:
+    """The decode cap in pixels: ``value``, else ``$RESNET_DEPLOY_MAX_IMAGE_PIXELS``, else
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`. UsageError unless it is a positive integer."""
+    source = "max_pixels"
+    if value is None:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_IMAGE_PIXELS
+        source = f"${MAX_PIXELS_ENV}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{source} must be a positive integer (pixels), got '{text}'") from None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{source} must be a positive integer (pixels), got {value!r}")
+    return int(value)
+
+
+def _bound(img: Image.Image, name: str, max_pixels: int, min_size: tuple[int, int] | None) -> None:
+    """Before decoding: draft a large JPEG down towards ``min_size`` (its pixels are never needed at
+    full size), then refuse an image still over ``max_pixels``. Only the header has been read."""
+    w, h = img.size
+    if min_size is not None and w * h > DRAFT_MIN_PIXELS and getattr(img, "format", None) == "JPEG":
+        # Pillow picks the largest 1/2, 1/4, 1/8 scale that keeps both sides >= the requested size.
+        img.draft(None, min_size)
+        w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"image '{name}' is {w}x{h} ({w * h / 1e6:.1f} MP), over the decode limit of "
+                         f"{max_pixels / 1e6:.1f} MP (set by max_pixels or ${MAX_PIXELS_ENV})")
+
+
+def load_image(src: ImageSource, *, max_pixels: int | None = None,
+               min_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``src`` (a path, encoded bytes, a PIL image or an HxWxC uint8/uint16 array) into an
-    RGB PIL image with its EXIF orientation applied. Raises :class:`ImageError` naming the source."""
+    RGB PIL image with its EXIF orientation applied. Raises :class:`ImageError` naming the source.
+
+    An encoded image over ``max_pixels`` (see :func:`max_image_pixels`) is refused before it is
+    decoded. ``min_size`` ``(width, height)``: the caller needs no more than this, so a JPEG over
+    :data:`DRAFT_MIN_PIXELS` may be decoded at a reduced scale no smaller than it."""
     name = _describe(src)
+    cap = max_image_pixels(max_pixels) if isinstance(src, (bytes, bytearray, memoryview, str, os.PathLike)) else 0
     try:
         if isinstance(src, Image.Image):
             img = src
@@ -142,16 +195,20 @@ def load_image(src: ImageSource) -> Image.Image:
             return _array_to_pil(src).convert("RGB")
         elif isinstance(src, (bytes, bytearray, memoryview)):
             img = Image.open(io.BytesIO(bytes(src)))
+            _bound(img, name, cap, min_size)
             img.load()
         elif isinstance(src, (str, os.PathLike)):
             with open(src, "rb") as f:
                 img = Image.open(f)
+                _bound(img, name, cap, min_size)
                 img.load()
         else:
             raise ImageError(f"cannot read an image from a {type(src).__name__}; pass a file path, encoded "
                              "bytes, a PIL image or an HxWx3 uint8 array")
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, above ours: the header is enormous
+        raise ImageError(f"image '{name}' is over the decode limit of {cap / 1e6:.1f} MP ({exc})") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"image '{name}' does not exist") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad data
@@ -204,10 +261,12 @@ def _check_prep(prep: Preprocessing) -> None:
         raise UsageError(f"resize_size and crop_size must be >= 1, got {prep.resize_size} and {prep.crop_size}")
 
 
-def _resized_cropped(src: ImageSource, prep: Preprocessing) -> np.ndarray:
+def _resized_cropped(src: ImageSource, prep: Preprocessing, max_pixels: int | None = None) -> np.ndarray:
     """Decode, resize the short side and center-crop: (crop, crop, 3) uint8."""
     _check_prep(prep)
-    img = load_image(src)
+    # A large JPEG may be decoded at reduced scale, its short side kept at >= twice the resize size
+    # (so the resize below still averages over the pixels it drops).
+    img = load_image(src, max_pixels=max_pixels, min_size=(2 * int(prep.resize_size),) * 2)
     crop = int(prep.crop_size)
     new_h, new_w = resize_output_size(img.height, img.width, int(prep.resize_size))
     (pl, pt, pr, pb), top, left = center_crop_box(new_h, new_w, crop)
@@ -247,20 +306,21 @@ def normalize_uint8(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out
 
 
-def preprocess(img: ImageSource, prep: Preprocessing) -> np.ndarray:
+def preprocess(img: ImageSource, prep: Preprocessing, *, max_pixels: int | None = None) -> np.ndarray:
     """One image -> (3, crop, crop) float32, equal to torchvision's
-    ``Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)`` on the PIL image."""
-    return normalize_uint8(_resized_cropped(img, prep), prep)
+    ``Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean, std)`` on the PIL image.
+    ``max_pixels``: the decode cap (:func:`max_image_pixels`)."""
+    return normalize_uint8(_resized_cropped(img, prep, max_pixels), prep)
 
 
-def preprocess_uint8(img: ImageSource, prep: Preprocessing) -> np.ndarray:
+def preprocess_uint8(img: ImageSource, prep: Preprocessing, *, max_pixels: int | None = None) -> np.ndarray:
     """One image -> (crop, crop, 3) uint8, resized and cropped only: the input of a model exported
     with fused preprocessing (:class:`FusedPreprocess`), a quarter of the bytes of float32."""
-    return np.ascontiguousarray(_resized_cropped(img, prep))
+    return np.ascontiguousarray(_resized_cropped(img, prep, max_pixels))
 
 
 def preprocess_many(items: Iterable[ImageSource], prep: Preprocessing, workers: int | None = None,
-                    uint8: bool = False) -> np.ndarray:
+                    uint8: bool = False, *, max_pixels: int | None = None) -> np.ndarray:
     """Several images -> (N, 3, crop, crop) float32 (or (N, crop, crop, 3) uint8), decoded in a thread
     pool of ``workers`` threads. The first unreadable image raises :class:`ImageError`."""
     _check_prep(prep)
@@ -273,10 +333,10 @@ def preprocess_many(items: Iterable[ImageSource], prep: Preprocessing, workers: 
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(items) == 1:
-        arrays = [fn(x, prep) for x in items]
+        arrays = [fn(x, prep, max_pixels=max_pixels) for x in items]
     else:
         with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="decode") as pool:
-            arrays = list(pool.map(lambda x: fn(x, prep), items))
+            arrays = list(pool.map(lambda x: fn(x, prep, max_pixels=max_pixels), items))
     return np.stack(arrays)
 
 
@@ -310,6 +370,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "ImageSource", "center_crop_box", "default_workers",
-           "list_images", "load_image", "normalize_uint8", "preprocess", "preprocess_many", "preprocess_uint8",
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DRAFT_MIN_PIXELS", "IMAGE_SUFFIXES", "ImageError",
+           "ImageSource", "MAX_PIXELS_ENV", "center_crop_box", "default_workers", "list_images", "load_image",
+           "max_image_pixels", "normalize_uint8", "preprocess", "preprocess_many", "preprocess_uint8",
            "resize_output_size"]

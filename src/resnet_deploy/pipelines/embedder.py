@@ -72,12 +72,18 @@ class ImageModel:
 
     def __init__(self, artifact: Any, backend: str = "auto", device: str = "cpu", batch_size: int = 32,
                  workers: int | None = None, *, preprocessing: Preprocessing | None = None,
-                 **runner_kwargs: Any) -> None:
+                 max_image_pixels: int | None = None, **runner_kwargs: Any) -> None:
         if int(batch_size) < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if workers is not None and int(workers) < 1:
             raise UsageError(f"workers must be >= 1, got {workers}")
         self.artifact = artifact
+        #: decode cap per image (None: the process default, see models.preprocessing.max_image_pixels)
+        self.max_image_pixels: int | None = None
+        if max_image_pixels is not None:
+            from ..models.preprocessing import max_image_pixels as checked_cap
+
+            self.max_image_pixels = checked_cap(max_image_pixels)
         self.metadata: dict[str, Any] = {}
         self._owns_runner = True
         prep = preprocessing
@@ -165,8 +171,8 @@ class ImageModel:
                                  "preprocessed float array")
             return item
         if self.uint8_input:
-            return preprocess_uint8(item, self.preprocessing)
-        return preprocess(item, self.preprocessing)
+            return preprocess_uint8(item, self.preprocessing, max_pixels=self.max_image_pixels)
+        return preprocess(item, self.preprocessing, max_pixels=self.max_image_pixels)
 
     def _prepare_checked(self, item: Any) -> np.ndarray:
         try:

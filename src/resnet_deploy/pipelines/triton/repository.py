@@ -62,6 +62,7 @@ class ExportArtifact:
     compute_capability: str | None = None  # engines: "8.9"
     profiles: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()  # (min, opt, max)
     manifest: dict[str, Any] = field(default_factory=dict)  # engines: <engine>.json
+    sha256: str | None = None  # what manifest.json records (and the file was checked against)
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,10 @@ def scan_export(export_dir: str | os.PathLike[str]) -> list[ExportArtifact]:
             if not path.is_file():
                 log.warning("%s lists %s, which is missing; skipped", manifest_path, path)
                 continue
-            verify_artifact(path)
+            verified = verify_artifact(path) or {}
             if path.suffix.lower() == ".onnx":
-                found.append(ExportArtifact(path, "onnx", str(entry.get("precision") or "fp32")))
+                found.append(ExportArtifact(path, "onnx", str(entry.get("precision") or "fp32"),
+                                            sha256=verified.get("sha256")))
             elif path.suffix.lower() in ENGINE_SUFFIXES:
                 found.append(_engine_artifact(path, entry))
     listed = {a.path.resolve() for a in found}
@@ -261,6 +263,12 @@ class RepositoryConfig:
     max_queue_delay_us: int = 500
     decode_workers: int | None = None  # bytes entry: decode threads per instance (None: the Embedder's default)
     warmup: bool = True
+    #: python (tensor) entry: largest height and width a request may have (None: the handler's 1024)
+    max_side: int | None = None
+    #: python and bytes entries: largest request in bytes (None: the handler's 64 MiB)
+    max_request_bytes: int | None = None
+    #: bytes entry: most pixels an image may decode to (None: the server process's default, 40 MP)
+    max_image_pixels: int | None = None
     force: bool = False  # replace entries that already exist in ``output``
 
     def __post_init__(self) -> None:
@@ -278,6 +286,20 @@ class RepositoryConfig:
             raise UsageError(f"--max-queue-delay-us must be >= 0, got {self.max_queue_delay_us}")
         if self.decode_workers is not None and self.decode_workers < 1:
             raise UsageError(f"--decode-workers must be >= 1, got {self.decode_workers}")
+        from ...artifacts import PRECISIONS
+        from ...shapes import MIN_SPATIAL
+
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
+        if self.trt_precision is not None and self.trt_precision not in PRECISIONS:
+            raise UsageError(f"unknown --trt-precision '{self.trt_precision}'; choose one of: "
+                             f"{', '.join(PRECISIONS)}")
+        if self.max_side is not None and self.max_side < MIN_SPATIAL:
+            raise UsageError(f"--max-side must be >= {MIN_SPATIAL} (ResNet downsamples by 32), got {self.max_side}")
+        for flag, value in (("--max-request-bytes", self.max_request_bytes),
+                            ("--max-image-pixels", self.max_image_pixels)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be >= 1, got {value}")
         if self.device not in DEVICES:
             raise UsageError(f"unknown --device '{self.device}'; choose one of: {', '.join(DEVICES)}")
         if self.runner_backend not in RUNNER_BACKENDS:
@@ -410,11 +432,21 @@ def _tensorrt_config(cfg: RepositoryConfig, name: str, io_: ModelIO,
     return mc, files
 
 
-def _python_config(cfg: RepositoryConfig, name: str, io_: ModelIO, kind: str) -> ModelConfig:
+def _python_config(cfg: RepositoryConfig, name: str, io_: ModelIO, kind: str, sha256: str = "") -> ModelConfig:
+    from .handler import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_SIDE
+
     crop = io_.crop_size
-    params = {"artifact": "model.onnx", "input_kind": "bytes" if kind == "bytes" else "tensor",
+    params = {"artifact": "model.onnx", "artifact_sha256": sha256,
+              "input_kind": "bytes" if kind == "bytes" else "tensor",
               "runner_backend": cfg.runner_backend, "device": cfg.device, "head": str(io_.head or ""),
-              "batch_size": str(cfg.max_batch_size)}
+              "batch_size": str(cfg.max_batch_size),
+              "max_request_bytes": str(cfg.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)}
+    if kind == "bytes":
+        if cfg.max_image_pixels is not None:
+            params["max_image_pixels"] = str(cfg.max_image_pixels)
+    else:
+        side = max(cfg.max_side or DEFAULT_MAX_SIDE, crop)
+        params["max_height"] = params["max_width"] = str(side)
     if cfg.decode_workers is not None:
         params["decode_workers"] = str(cfg.decode_workers)
     out = TensorConfig(io_.output_name, "TYPE_FP32", io_.output_dims)
@@ -500,6 +532,7 @@ def _write_entry(staging: Path, kind: str, name: str, cfg: RepositoryConfig, art
     entry_dir = staging / name
     version = entry_dir / "1"
     version.mkdir(parents=True)
+    sha256 = None
     if kind == "tensorrt":
         if io_ is None:
             io_ = _io_from_engine(artifact)
@@ -510,18 +543,32 @@ def _write_entry(staging: Path, kind: str, name: str, cfg: RepositoryConfig, art
         if io_ is None:
             raise UsageError(f"the {kind} entry needs the ONNX model's facts")
         _link_or_copy(artifact.path, version / "model.onnx")
+        sha256 = _written_sha256(version / "model.onnx", artifact)
         if kind in NATIVE_KINDS:
             mc = _native_onnx_config(cfg, name, io_, kind)
         else:
-            mc = _python_config(cfg, name, io_, kind)
+            mc = _python_config(cfg, name, io_, kind, sha256)
             shutil.copyfile(TEMPLATE, version / "model.py")
     text = mc.render()
     (entry_dir / "config.pbtxt").write_text(text)
     record = {"kind": kind, "native": kind in NATIVE_KINDS, "source": str(artifact.path.resolve()),
               "precision": artifact.precision, "engines": [str(e.path.resolve()) for e in engines],
               "producer": "resnet-deploy triton-repo"}
+    if sha256 is not None:
+        record["sha256"] = sha256
     (entry_dir / ENTRY_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return RepositoryEntry(name, kind, cfg.output / name, artifact.path, kind in NATIVE_KINDS), text
+
+
+def _written_sha256(written: Path, artifact: ExportArtifact) -> str:
+    """The sha256 of a model file as written into an entry, checked against the export manifest's."""
+    from ..._io import sha256_file
+
+    actual = sha256_file(written)
+    if artifact.sha256 is not None and actual != artifact.sha256:
+        raise UsageError(f"'{artifact.path}' changed while it was copied: sha256 {actual}, its manifest records "
+                         f"{artifact.sha256}; run triton-repo again")
+    return actual
 
 
 def _io_from_engine(engine: ExportArtifact) -> ModelIO:

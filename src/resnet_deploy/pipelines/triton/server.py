@@ -7,6 +7,13 @@ that stub, starts the server on the Python-backend models of a repository, waits
 and turns a failed start (a port in use, a model that does not load) into a
 :class:`~resnet_deploy.errors.UsageError` quoting Triton's own log line.
 
+The server is locked by default: model control is off (``--model-control-mode=none``: the models
+are loaded once, from a directory of links to the chosen entries, and the load/unload API is
+refused) and the admin APIs (model-repository, model-config, shared-memory, trace, logging) are
+restricted behind a header whose value is a random secret of this run, never printed. Only
+``ServerConfig(allow_model_control=True)`` opens model control (``--model-control-mode=explicit``
+and the model-repository and model-config APIs). It listens on loopback unless told otherwise.
+
     with TritonServer(ServerConfig("triton-repo", http_port=8000, grpc_port=8001)) as server:
         print(server.http_url, server.models)
 """
@@ -15,9 +22,11 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import ipaddress
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -43,6 +52,14 @@ BENIGN = ("CudaDriverHelper has not been initialized", "Unable to allocate pinne
           "CUDA memory pool disabled", "failed to enable peer access", "Unable to get CUDA device count")
 _GLOG = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+:\d+)\]\s?(.*)$")
 READY_MARKERS = ("Started HTTPService at", "Started GRPCInferenceService at")
+
+#: Triton's admin APIs, closed by default (restricted behind a header nobody is told). Inference,
+#: health, metadata and statistics stay open.
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "trace", "logging")
+#: What ``allow_model_control`` opens of them.
+MODEL_CONTROL_APIS = ("model-repository", "model-config")
+#: The header Triton checks on a restricted API; its value is a random secret per run.
+ADMIN_HEADER = "resnet-deploy-admin-key"
 
 
 class ServerError(ResnetDeployError):
@@ -88,9 +105,13 @@ def find_distribution(python_version: str | None = None) -> TritonDistribution:
     return TritonDistribution(binary, libs, backend, stub, version)
 
 
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when a server could listen on ``port`` now (connections in TIME_WAIT do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -101,9 +122,49 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (for tests and ``--http-port 0``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def check_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``host`` names, or UsageError unless it is an IP address this machine can listen on."""
+    try:
+        address = ipaddress.ip_address(str(host).strip("[]"))
+    except ValueError:
+        hint = " (for loopback pass 127.0.0.1)" if str(host).lower() == "localhost" else ""
+        raise UsageError(f"--host '{host}' is not an IP address{hint}; pass an address of this machine: 127.0.0.1 "
+                         "(loopback, the default) or 0.0.0.0 (every interface)") from None
+    with socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((str(address), 0))
+        except OSError as exc:
+            raise UsageError(f"--host '{host}' is not an address of this machine ({exc.strerror or exc}); pass "
+                             "127.0.0.1 (loopback, the default), 0.0.0.0 (every interface) or one of this "
+                             "machine's addresses") from None
+    return address
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, ports: dict[str, int | None], allow_model_control: bool) -> str | None:
+    """What a server on ``host`` exposes beyond this machine's own processes (None on loopback
+    without model control): the line ``triton-serve`` warns with."""
+    open_ports = ", ".join(f"{name} port {port}" for name, port in ports.items() if port is not None)
+    control = ("model control (load and unload: anyone who reaches it can load a Python model, that is run code "
+               "as this user)")
+    if is_loopback(host):
+        if not allow_model_control:
+            return None
+        return f"--allow-model-control opens {control} to every process on this machine ({open_ports})"
+    exposed = "inference, health, metadata and statistics" + (", and " + control if allow_model_control else "")
+    return (f"--host {host} is not loopback: {exposed} are reachable from other hosts on {open_ports}, without "
+            "authentication or TLS; put it behind a proxy that authenticates, or keep the default 127.0.0.1")
 
 
 @dataclass
@@ -117,7 +178,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     models: tuple[str, ...] | None = None  # None: every Python-backend model of the repository
     startup_timeout_s: float = 300.0
-    exit_timeout_s: int = 30
+    #: seconds Triton lets in-flight requests finish after a stop request; stop() kills it 2 s later
+    exit_timeout_s: int = 3
+    #: open model control (``--model-control-mode=explicit``, model-repository and model-config APIs)
+    allow_model_control: bool = False
+    #: seconds between readiness checks while serving
+    watch_interval_s: float = 2.0
     log_file: Path | None = None  # keep Triton's log here (else in a temporary directory removed on stop)
     log_verbose: int = 0
     #: directories put first on the backend stub's ``sys.path`` (one holding ``numpy<2``: see
@@ -144,8 +210,11 @@ class ServerConfig:
         nonzero = [p for p in ports.values() if p]
         if len(set(nonzero)) != len(nonzero):
             raise UsageError(f"the HTTP, gRPC and metrics ports must differ, got {', '.join(map(str, ports.values()))}")
-        if self.startup_timeout_s <= 0:
+        if not self.startup_timeout_s > 0:
             raise UsageError(f"--startup-timeout must be > 0, got {self.startup_timeout_s}")
+        if not 0 <= self.exit_timeout_s <= 3600:
+            raise UsageError(f"the exit timeout must be within 0..3600 s, got {self.exit_timeout_s}")
+        check_host(self.host)
         if not self.repository.is_dir():
             raise UsageError(f"model repository '{self.repository}' does not exist; write one with "
                              "`resnet-deploy triton-repo EXPORT_DIR --output REPO`")
@@ -297,8 +366,9 @@ def make_stub_env(root: Path, first: tuple[Path, ...]) -> Path:
 class TritonServer:
     """The ``nvidia-pytriton`` server on one repository, as a subprocess in its own process group.
 
-    ``start()`` returns once every requested model is ready; ``stop()`` asks the server to shut down
-    (SIGINT: in-flight requests finish) and kills it after ``exit_timeout_s``.
+    ``start()`` returns once every requested model is ready; ``serve_forever()`` watches readiness
+    (``unready`` records each model that stopped being ready); ``stop()`` asks the server to shut down
+    (SIGINT: in-flight requests finish) and kills it 2 s after ``exit_timeout_s``.
     """
 
     def __init__(self, cfg: ServerConfig, distribution: TritonDistribution | None = None) -> None:
@@ -318,19 +388,33 @@ class TritonServer:
         self._stub_site: tuple[Path, ...] = ()
         self._stub_bin: Path | None = None
         self.stub_numpy: str | None = None
+        #: model -> why it stopped being ready while serving (HTTP status of its readiness check)
+        self.unready: dict[str, str] = {}
+        self._stubs_at_start: dict[str, int] = {}  # model -> Python backend stub processes when ready
+        self._admin_key = secrets.token_urlsafe(32)  # never printed: closes the restricted APIs
+
+    @property
+    def _client_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind is reached on loopback)."""
+        host = self.cfg.host.strip("[]")
+        if host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if host == "::":
+            return "[::1]"
+        return f"[{host}]" if ":" in host else host
 
     # -- endpoints -------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return f"http://{self.cfg.host}:{self.http_port}"
+        return f"http://{self._client_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.cfg.host}:{self.grpc_port}"
+        return f"{self._client_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str | None:
-        return None if self.metrics_port is None else f"http://{self.cfg.host}:{self.metrics_port}/metrics"
+        return None if self.metrics_port is None else f"http://{self._client_host}:{self.metrics_port}/metrics"
 
     @property
     def log_path(self) -> Path | None:
@@ -374,6 +458,14 @@ class TritonServer:
             shutil.copy2(dist.python_backend / f, backend / f)
         shutil.copy2(dist.stub, backend / "triton_python_backend_stub")
         self._stub_bin = make_stub_env(work / "stub-env", self._stub_site)
+        if not self.cfg.allow_model_control:
+            # Model control off: Triton loads every model of its repository, so it gets a directory
+            # holding links to the chosen entries only.
+            view = work / "models"
+            view.mkdir()
+            by_name = {m["name"]: Path(m["directory"]) for m in list_models(self.cfg.repository)}
+            for name in self.models:
+                (view / by_name[name].name).symlink_to(by_name[name].resolve(), target_is_directory=True)
         return work
 
     def _env(self, dist: TritonDistribution) -> dict[str, str]:
@@ -388,21 +480,35 @@ class TritonServer:
         # The stub embeds Python, which finds its prefix (and a pyvenv.cfg) from the first `python3`
         # on PATH (it ignores PYTHONPATH): the stub environment's bin goes first.
         env["PATH"] = os.pathsep.join([str(self._stub_bin), env.get("PATH", "")])
+        # glibc raises its mmap threshold after a large block is freed (up to 32 MB), so the buffers of
+        # one big request are later served from the heap and never given back; a fixed threshold
+        # keeps large buffers in mmap, returned to the system when freed.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
         return env
 
     def _command(self, dist: TritonDistribution, work: Path) -> list[str]:
         c = self.cfg
-        cmd = [str(dist.binary), f"--model-repository={c.repository.resolve()}",
-               f"--backend-directory={work / 'backends'}", f"--http-address={c.host}",
-               f"--http-port={self.http_port}", f"--grpc-address={c.host}", f"--grpc-port={self.grpc_port}",
-               "--model-control-mode=explicit", "--strict-readiness=true", "--exit-on-error=true",
+        host = c.host.strip("[]")
+        repository = c.repository.resolve() if c.allow_model_control else work / "models"
+        cmd = [str(dist.binary), f"--model-repository={repository}",
+               f"--backend-directory={work / 'backends'}", f"--http-address={host}",
+               f"--http-port={self.http_port}", f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
+               f"--model-control-mode={'explicit' if c.allow_model_control else 'none'}",
+               "--strict-readiness=true", "--exit-on-error=true",
+               # no request objects kept for reuse: each would keep the buffers of the largest request
+               # it carried (measured: 1.2 GB kept after a few 192 MB requests; 0.1-0.2 GB without)
+               "--grpc-infer-allocation-pool-size=0",
                f"--exit-timeout-secs={int(c.exit_timeout_s)}", "--log-info=true", f"--log-verbose={c.log_verbose}"]
+        closed = [a for a in ADMIN_APIS if not (c.allow_model_control and a in MODEL_CONTROL_APIS)]
+        restriction = f"{','.join(closed)}:{ADMIN_HEADER}={self._admin_key}"
+        cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
         if self.metrics_port is None:
             cmd.append("--allow-metrics=false")
         else:
             cmd += ["--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={c.host}",
                     f"--metrics-port={self.metrics_port}"]
-        cmd += [f"--load-model={m}" for m in self.models]
+        if c.allow_model_control:
+            cmd += [f"--load-model={m}" for m in self.models]
         return cmd + list(c.extra_args)
 
     def start(self) -> "TritonServer":
@@ -413,6 +519,10 @@ class TritonServer:
         self._stub_site = stub_site_dirs(self.cfg.stub_site)
         self.stub_numpy = check_stub_numpy(self._stub_site)
         self.models = self._choose_models()
+        warning = exposure_warning(self.cfg.host, {"HTTP": self.cfg.http_port, "gRPC": self.cfg.grpc_port,
+                                                   "metrics": self.cfg.metrics_port}, self.cfg.allow_model_control)
+        if warning:
+            log.warning("%s", warning)
         if self.http_port == 0:
             self.http_port = free_port(self.cfg.host)
         if self.grpc_port == 0:
@@ -425,7 +535,7 @@ class TritonServer:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(log_path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         cmd = self._command(dist, self._workdir)
-        log.info("starting Triton: %s", " ".join(cmd))
+        log.info("starting Triton: %s", " ".join(cmd).replace(self._admin_key, "<secret>"))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self._env(dist), cwd=self._workdir, start_new_session=True)
         self._reader = threading.Thread(target=self._read_output, name="triton-log", daemon=True)
@@ -435,8 +545,34 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self._stubs_at_start = {m: len(pids) for m, pids in self.stub_processes().items()}
         log.info("Triton ready: HTTP %s, gRPC %s, models %s", self.http_url, self.grpc_url, ", ".join(self.models))
         return self
+
+    def stub_processes(self) -> dict[str, list[int]]:
+        """``{model: [pid, ...]}``: the Python backend stub processes (one per model instance) among
+        the server's children, from ``/proc`` (empty where there is none)."""
+        out: dict[str, list[int]] = {m: [] for m in self.models}
+        if self.proc is None or not os.path.isdir("/proc"):
+            return out
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+                if int(stat.rsplit(")", 1)[1].split()[1]) != self.proc.pid or stat.rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            except (OSError, ValueError, IndexError):
+                continue
+            script = next((a for a in args[1:2] if a.endswith("model.py")), None)
+            if script is not None:
+                model = Path(script).parent.parent.name
+                if model in out:
+                    out[model].append(int(entry))
+        return out
 
     def _read_output(self) -> None:
         proc = self.proc
@@ -508,9 +644,35 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             return None
 
-    def serve_forever(self) -> str:
+    def check_models(self) -> dict[str, str]:
+        """Readiness of each served model now: ``{model: reason}`` for those not ready (a model
+        unloaded, or one of its Python backend processes gone). Records them in ``unready``; returns
+        the new ones."""
+        new = {}
+        stubs = self.stub_processes() if self._stubs_at_start else {}
+        for m in self.models:
+            if m in self.unready:
+                continue
+            code = self._get(f"/v2/models/{m}/ready")
+            why = None
+            if code != 200:
+                why = f"readiness check answered HTTP {code}" if code else "readiness check got no answer"
+            elif len(stubs.get(m, ())) < self._stubs_at_start.get(m, 0):
+                # Triton 2.51 still answers "ready" for a model whose backend process died, and fails
+                # every request to it ("Stub process ... is not healthy")
+                why = (f"{self._stubs_at_start[m] - len(stubs.get(m, ()))} of its {self._stubs_at_start[m]} Python "
+                       "backend processes exited")
+            if why is not None:
+                self.unready[m] = why
+                new[m] = why
+        return new
+
+    def serve_forever(self, on_unready: Any = None, on_serving: Any = None) -> str:
         """Block until SIGINT/SIGTERM (then stop cleanly) or until the server dies on its own
-        (raises :class:`ServerError` quoting its log). Returns the name of the signal."""
+        (raises :class:`ServerError` quoting its log), checking every ``watch_interval_s`` that each
+        model is still ready: a model that is not is logged, recorded in ``unready`` and passed to
+        ``on_unready(model, reason)``. ``on_serving()`` is called once the signal handlers are in
+        place (the moment to tell a user that Ctrl-C stops it). Returns the name of the signal."""
         got: list[int] = []
         stop_event = threading.Event()
 
@@ -523,8 +685,19 @@ class TritonServer:
         if in_main:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handler)
+        next_check = time.monotonic() + self.cfg.watch_interval_s
         try:
-            while not stop_event.wait(0.5):
+            if on_serving is not None:
+                on_serving()
+            while not stop_event.wait(0.25):
+                if self.is_running() and time.monotonic() >= next_check:
+                    for model, why in self.check_models().items():
+                        log.warning("model %s is no longer ready (%s)", model, why)
+                        if on_unready is not None:
+                            on_unready(model, why)
+                    next_check = time.monotonic() + self.cfg.watch_interval_s
+                if stop_event.is_set():
+                    break
                 if not self.is_running():
                     code = self.proc.poll() if self.proc is not None else None
                     self._join_reader(2.0)
@@ -542,8 +715,8 @@ class TritonServer:
         return signal.Signals(got[0]).name if got else "exit"
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """Ask Triton to stop (SIGINT), wait up to ``timeout`` (default: exit timeout + 10 s), then kill
-        its process group. Returns its exit code."""
+        """Ask Triton to stop (SIGINT), wait up to ``timeout`` (default: exit timeout + 2 s), then kill
+        its process group (at once on a second Ctrl-C). Returns its exit code."""
         proc = self.proc
         code = None
         if proc is not None:
@@ -553,9 +726,11 @@ class TritonServer:
                 except ProcessLookupError:
                     pass
                 try:
-                    proc.wait(timeout if timeout is not None else self.cfg.exit_timeout_s + 10)
+                    proc.wait(timeout if timeout is not None else self.cfg.exit_timeout_s + 2)
                 except subprocess.TimeoutExpired:
                     log.warning("Triton did not stop in time; killing it")
+                except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                    log.warning("killing Triton")
             self._kill_group(proc)
             code = proc.poll()
             self._join_reader(5.0)
@@ -573,7 +748,7 @@ class TritonServer:
             pass
         try:
             proc.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # pragma: no cover - SIGKILL is not ignorable
             pass
 
     def _cleanup(self) -> None:
@@ -621,7 +796,7 @@ def batch_histogram(stats: dict[str, Any]) -> dict[int, int]:
     return out
 
 
-__all__ = ["STUB_SITE_ENV", "ServerConfig", "ServerError", "TritonDistribution", "TritonServer", "batch_histogram",
-           "check_stub_numpy", "failure_lines", "find_distribution", "free_port", "make_stub_env", "model_statistics",
-           "parse_log_line",
+__all__ = ["ADMIN_APIS", "MODEL_CONTROL_APIS", "STUB_SITE_ENV", "ServerConfig", "ServerError", "TritonDistribution",
+           "TritonServer", "batch_histogram", "check_host", "check_stub_numpy", "exposure_warning", "failure_lines",
+           "find_distribution", "free_port", "is_loopback", "make_stub_env", "model_statistics", "parse_log_line",
            "port_is_free", "stub_site_dirs"]
