@@ -78,6 +78,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except ResnetDeployError as exc:  # raised by an argument's type
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SystemExit as exc:  # --help, --version, a usage error: main() returns the code, as documented
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

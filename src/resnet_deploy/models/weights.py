@@ -111,6 +111,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         text = str(exc)
         if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
             raise WeightsError(f"weights file '{p}' {_REFUSED}") from exc
+        if "magic number" in text:  # a pickle, but not torch.save's legacy layout
+            raise WeightsError(f"weights file '{p}' is not a PyTorch checkpoint (a pickle without torch.save's "
+                               "header)") from exc
         raise WeightsError(f"cannot read weights file '{p}': {_first_line(exc)}") from exc
 
 

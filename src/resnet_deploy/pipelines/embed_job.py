@@ -164,7 +164,7 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
             seconds = time.perf_counter() - t0
             if new_rows:  # also on Ctrl-C: the rows done so far are kept for the rerun
                 writer.flush()
-        if todo and not new_rows:  # nothing written: an existing output stays as it was
+        if writer.rows == 0:  # every image failed and the output holds none: write nothing, exit 2
             first = failed[-1][1] if failed else "?"
             raise UsageError(f"no image could be embedded: all {len(todo)} failed (e.g. {first}); nothing written "
                              f"to '{cfg.output}'")
