@@ -53,8 +53,8 @@ def parse_shapes(text: str, *, rank: int = 4) -> tuple[tuple[int, ...], ...]:
 def validate_spatial(height: int, width: int) -> None:
     """Raise UsageError unless the network can take an ``height`` x ``width`` image."""
     if height < MIN_SPATIAL or width < MIN_SPATIAL:
-        raise UsageError(f"input size {height}x{width} is too small: ResNet downsamples by 32, so height and width "
-                         f"must be at least {MIN_SPATIAL}")
+        raise UsageError(f"input size {height}x{width} is too small for the network: ResNet downsamples by 32, so "
+                         f"height and width must be at least {MIN_SPATIAL}")
     if height > MAX_SPATIAL or width > MAX_SPATIAL:
         raise UsageError(f"input size {height}x{width} is too large: height and width must be at most {MAX_SPATIAL}")
 

@@ -76,7 +76,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     with open(p, "rb") as f:
         head = f.read(8)
     if not head:
-        raise WeightsError(f"weights file '{p}' is empty (0 bytes)")
+        raise WeightsError(f"cannot read weights file '{p}': it is empty (0 bytes)")
     if p.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -89,8 +89,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
                                f"({_first_line(exc)})") from exc
     kind = _container(head)
     if kind == "other":
-        raise WeightsError(f"weights file '{p}' is not a PyTorch checkpoint (neither torch.save's zip format nor a "
-                           "pickle)")
+        raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (neither torch.save's zip "
+                           "format nor a pickle)")
     if kind == "zip":
         import zipfile
 
@@ -100,7 +100,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         except (zipfile.BadZipFile, OSError) as exc:
             raise WeightsError(f"cannot read weights file '{p}': a damaged zip archive ({_first_line(exc)})") from exc
         if not any(n.endswith("data.pkl") for n in names):
-            raise WeightsError(f"weights file '{p}' is not a PyTorch checkpoint (a zip archive without data.pkl)")
+            raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (a zip archive without "
+                               "data.pkl)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
@@ -110,10 +111,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
 
         text = str(exc)
         if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
-            raise WeightsError(f"weights file '{p}' {_REFUSED}") from exc
+            raise WeightsError(f"cannot read weights file '{p}': it {_REFUSED}") from exc
         if "magic number" in text:  # a pickle, but not torch.save's legacy layout
-            raise WeightsError(f"weights file '{p}' is not a PyTorch checkpoint (a pickle without torch.save's "
-                               "header)") from exc
+            raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (a pickle without "
+                               "torch.save's header)") from exc
         raise WeightsError(f"cannot read weights file '{p}': {_first_line(exc)}") from exc
 
 
