@@ -93,7 +93,8 @@ def int_range(minimum: int | None = None, maximum: int | None = None) -> Callabl
         try:
             number = int(text.strip())
         except ValueError:
-            raise UsageError(f"expected an integer {_bounds(minimum, maximum)}, got '{text}'".rstrip()) from None
+            want = " ".join(filter(None, ("expected an integer", _bounds(minimum, maximum))))
+            raise UsageError(f"{want}, got '{text}'") from None
         if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
             raise UsageError(f"must be an integer {_bounds(minimum, maximum)}, got {number}")
         return number
@@ -111,8 +112,8 @@ def float_range(minimum: float | None = None, maximum: float | None = None, *, m
             number = math.nan
         if not math.isfinite(number) or (minimum is not None and (number < minimum or (min_open and number == minimum))) \
                 or (maximum is not None and (number > maximum or (max_open and number == maximum))):
-            raise UsageError(f"must be a finite number {_bounds(minimum, maximum, min_open, max_open)}, "
-                             f"got '{text}'".replace("  ", " "))
+            want = " ".join(filter(None, ("must be a finite number", _bounds(minimum, maximum, min_open, max_open))))
+            raise UsageError(f"{want}, got '{text}'")
         return number
 
     return _argtype(parse, "number")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import traceback
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -11,7 +11,7 @@ import os
 
 from .. import options
 from .._io import write_json
-from ..check import TOLERANCE_FLAGS, CheckConfig, Shape, run_check
+from ..check import TOLERANCE_FLAGS, CheckConfig, run_check
 from ..errors import UsageError
 from ..parity import DEFAULT_TOLERANCES
 from ..runtime import BACKEND_CHOICES
