@@ -78,7 +78,7 @@ def _calibration_files(spec: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        return list_images(p)
+        return list_images(p, skipped=[])  # the calibration source reports what it skips
     return []
 
 

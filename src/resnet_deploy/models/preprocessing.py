@@ -295,8 +295,9 @@ def list_images(folder: str | os.PathLike[str], skipped: list[tuple[str, str]] |
     is returned as a one-element list.
 
     Only regular files are listed (symlinks to them included): a FIFO, a device or a broken link
-    named like an image is skipped with a warning, and appended to ``skipped`` as ``(path, reason)``,
-    since reading it would block or never end."""
+    named like an image is skipped, since reading it would block or never end. Each is appended to
+    ``skipped`` as ``(path, reason)`` for the caller to report, or logged as a warning when
+    ``skipped`` is None."""
     from .._io import file_problem
 
     root = Path(folder)
@@ -317,8 +318,9 @@ def list_images(folder: str | os.PathLike[str], skipped: list[tuple[str, str]] |
             path = Path(dirpath) / name
             problem = file_problem(path)
             if problem is not None:
-                log.warning("skipping '%s': it %s", path, problem)
-                if skipped is not None:
+                if skipped is None:
+                    log.warning("skipping '%s': it %s", path, problem)
+                else:
                     skipped.append((str(path), f"image '{path}' {problem}"))
                 continue
             found.append(path)
