@@ -1,4 +1,5 @@
-"""Files are written under a temporary name and renamed, so nothing half-written looks complete."""
+"""Files are written under a temporary name and renamed, so nothing half-written looks complete;
+files are read only when they are regular files (a FIFO or a device would block or never end)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import UsageError
 
@@ -16,6 +18,85 @@ from .errors import UsageError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
+
+
+def file_problem(path: str | os.PathLike[str], st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` cannot be read as a file (None when it is a regular file): ``does not exist``,
+    ``is a directory``, ``is not a regular file (a FIFO)``... Symlinks are followed."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return "does not exist" if not os.path.islink(path) else "is a broken symbolic link"
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a file"
+    return f"is not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')})"
+
+
+def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
+    """``path`` as a Path when it is a regular file; else UsageError ``{what} '{path}' {why}``."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise UsageError(f"{what} '{os.fspath(path)}' {problem}")
+    return Path(path)
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "file"):
+    """Open ``path`` for binary reading, refusing anything but a regular file without blocking: a
+    FIFO is opened non-blocking and refused after ``fstat`` (no check-then-open race)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise UsageError(f"{what} '{os.fspath(path)}' {file_problem(path) or 'does not exist'}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} '{os.fspath(path)}' is a directory, not a file") from None
+    except OSError as exc:
+        raise UsageError(f"{what} '{os.fspath(path)}' cannot be read ({exc.strerror or exc})") from None
+    try:
+        problem = file_problem(path, os.fstat(fd))
+        if problem is not None:
+            raise UsageError(f"{what} '{os.fspath(path)}' {problem}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike[str]],
+                              inputs: Iterable[str | os.PathLike[str]], option: str = "--output") -> None:
+    """UsageError when an existing output is the same file as an input (device and inode: symlinks,
+    hard links and ``..`` all count), since writing it would destroy the input."""
+    existing = {}
+    for out in outputs:
+        ident = _identity(out)
+        if ident is not None:
+            existing[ident] = out
+    if not existing:
+        return
+    for path in inputs:
+        out = existing.get(_identity(path))
+        if out is not None:
+            raise UsageError(f"{option} '{os.fspath(out)}' is an input ('{os.fspath(path)}'); writing it would "
+                             f"destroy it: choose another {option}")
 
 
 def ensure_dir(path: str | os.PathLike[str]) -> Path:

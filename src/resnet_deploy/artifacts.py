@@ -30,11 +30,43 @@ def engine_manifest_path(engine: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def _load_onnx(path: Path) -> tuple[Any, str | None]:
+    """(the ModelProto without external data, None), or (None, why it is not an ONNX model)."""
+    import onnx
+
+    if path.stat().st_size == 0:
+        return None, "an empty file"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, or onnx's own
+        text = str(exc).strip()
+        return None, (text.splitlines()[0] if text else type(exc).__name__)
+    # protobuf parses many byte strings (text, a truncated file) into a message with no graph
+    if not model.HasField("graph") or not model.graph.output or not (model.graph.input or model.graph.node):
+        return None, "no graph with inputs and outputs"
+    return model, None
+
+
+def onnx_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not an ONNX model (``an empty file``, a parse error...), or None. Runners ask
+    when their backend failed to load a file, so the user reads this, not the backend's internals."""
+    from ._io import file_problem
+
+    problem = file_problem(path)
+    if problem is not None:
+        return f"it {problem}"
+    try:
+        import onnx  # noqa: F401  (the thin runtime may not have it: then only the backend can tell)
+    except ImportError:
+        return None
+    return _load_onnx(Path(path))[1]
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The toolkit metadata of an ONNX file or an engine ({} for a foreign file without any)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"artifact '{p}' does not exist")
+    from ._io import require_file
+
+    p = require_file(path, "artifact")
     if p.suffix.lower() == ".onnx":
         return parse_props(_onnx_props(p))
     manifest = engine_manifest_path(p)
@@ -43,7 +75,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             data = json.loads(manifest.read_text())
         except ValueError as exc:
             raise UsageError(f"engine manifest '{manifest}' is not valid JSON: {exc}") from exc
-        return dict(data.get("metadata", {}))
+        meta = data.get("metadata", {}) if isinstance(data, dict) else None
+        if not isinstance(meta, dict):
+            raise UsageError(f"engine manifest '{manifest}' is not an object with a 'metadata' object")
+        return dict(meta)
     return {}
 
 
@@ -73,10 +108,9 @@ def _onnx_props(p: Path) -> list[tuple[str, str]]:
     except ImportError:
         onnx = None
     if onnx is not None:
-        try:
-            model = onnx.load(str(p), load_external_data=False)
-        except Exception as exc:
-            raise UsageError(f"'{p}' is not a readable ONNX file: {_first_line(exc)}") from exc
+        model, problem = _load_onnx(p)
+        if problem is not None:
+            raise UsageError(f"'{p}' is not an ONNX model ({problem})")
         return [(prop.key, prop.value) for prop in model.metadata_props]
     try:
         import onnxruntime as ort
@@ -88,7 +122,7 @@ def _onnx_props(p: Path) -> list[tuple[str, str]]:
     try:
         session = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UsageError(f"'{p}' is not a readable ONNX file: {_first_line(exc)}") from exc
+        raise UsageError(f"'{p}' is not an ONNX model ({_first_line(exc)})") from exc
     return modelmeta_props(session)
 
 

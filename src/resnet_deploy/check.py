@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,9 +176,9 @@ def image_batches(folder: str, prep: Preprocessing, fused: bool, limit: int, max
 
 
 def file_batches(path: str, spec: TensorSpec) -> list[np.ndarray]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"inputs file '{p}' does not exist")
+    from ._io import require_file
+
+    p = require_file(path, "inputs file")
     try:
         loaded = np.load(p, allow_pickle=False)
     except (ValueError, OSError) as exc:

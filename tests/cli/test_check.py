@@ -107,7 +107,7 @@ def test_foreign_onnx_needs_a_variant(tmp_path, capsys):
     (["{corrupt_onnx}", "--backend", "onnxruntime"], "corrupt.onnx"),
     (["{corrupt_onnx}", "--backend", "torch"], ""),  # a file is not a variant name: still a clean exit 2
     (["{onnx}", "--shapes", "1x3x64"], "bad shape"),
-    (["{onnx}", "--backend", "onnxruntime", "--shapes", "1x4x64x64"], "channels must be 3"),
+    (["{onnx}", "--backend", "onnxruntime", "--shapes", "1x4x64x64"], "must be Nx3xHxW"),
     (["{onnx}", "--inputs", "{missing}"], "does not exist"),
     (["{corrupt_engine}", "--device", "cuda"], ""),
 ])

@@ -250,3 +250,69 @@ def test_embed_ray_executor_is_passed_through(monkeypatch, tmp_path, capsys):
     assert args == ("m.onnx", "imgs", "out.parquet")
     assert kwargs == {"backend": "auto", "batch_size": 8, "num_actors": 3, "ray_address": "ray://head:10001",
                       "device": "cpu"}
+
+
+def test_failed_embed_writes_nothing_and_the_next_run_is_not_refused(embedding_onnx, photos, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.png").write_text("not a picture")
+    out = tmp_path / "out" / "e.npy"
+    code, _, err = cli(capsys, "embed", "-m", embedding_onnx, bad, "-o", out, "--backend", "onnxruntime")
+    assert code == 2 and "no image could be embedded" in err
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # no 0-row .npy, no sidecar
+    code, stdout, err = cli(capsys, "embed", "-m", embedding_onnx, photos, "-o", out, "--backend", "onnxruntime")
+    assert code == 0 and "4 rows" in stdout, err
+    rows = np.load(out)
+    # every image unreadable again, with --overwrite: the good file stays as it was
+    code, _, err = cli(capsys, "embed", "-m", embedding_onnx, bad, "-o", out, "--backend", "onnxruntime",
+                       "--overwrite")
+    assert code == 2 and "nothing written" in err
+    np.testing.assert_array_equal(np.load(out), rows)
+
+
+def test_overwrite_replaces_an_output_that_does_not_match(embedding_onnx, photos, tmp_path, capsys):
+    out = tmp_path / "e.npy"
+    np.save(out, np.ones((3, 7), np.float32))
+    sidecar_path(out).write_text(json.dumps([1, 2]))
+    code, _, err = cli(capsys, "embed", "-m", embedding_onnx, photos, "-o", out, "--backend", "onnxruntime")
+    assert code == 2 and "not a JSON object" in err and np.load(out).shape == (3, 7)
+    code, stdout, err = cli(capsys, "embed", "-m", embedding_onnx, photos, "-o", out, "--backend", "onnxruntime",
+                            "--overwrite")
+    assert code == 0, err
+    assert np.load(out).shape == (4, 512) and len(json.loads(sidecar_path(out).read_text())["paths"]) == 4
+
+
+def test_embed_checks_its_output_before_embedding(embedding_onnx, photos, tmp_path, capsys, monkeypatch):
+    def never(*a, **kw):
+        raise AssertionError("embedding started before the output was checked")
+
+    monkeypatch.setattr(Embedder, "iter_embed", never)
+    model_bytes = Path(embedding_onnx).read_bytes()
+    image = photos / "chelsea.jpg"
+    image_bytes = image.read_bytes()
+    (tmp_path / "dir.npy").mkdir()
+    (tmp_path / "link.parquet").symlink_to(image)
+    cases = [
+        (["-o", embedding_onnx, "--format", "npy", "--overwrite"], "is an input"),
+        (["-o", image, "--format", "npy", "--overwrite"], "is an input"),
+        (["-o", photos / "nested" / ".." / "chelsea.jpg", "--format", "parquet"], "is an input"),
+        (["-o", tmp_path / "link.parquet", "--overwrite"], "is an input"),
+        (["-o", tmp_path / "dir.npy"], "is a directory"),
+        (["-o", tmp_path / "dir.npy", "--overwrite"], "is a directory"),
+    ]
+    for extra, message in cases:
+        code, _, err = cli(capsys, "embed", "-m", embedding_onnx, photos, "--backend", "onnxruntime", *extra)
+        assert code == 2 and message in err, (extra, err)
+        assert "Traceback" not in err
+    assert Path(embedding_onnx).read_bytes() == model_bytes and image.read_bytes() == image_bytes
+
+
+def test_infer_errors_go_to_stderr_and_odd_outputs_are_refused(resnet18_onnx, photos, tmp_path, capsys):
+    code, out, err = cli(capsys, "infer", "-m", resnet18_onnx, photos / "chelsea.jpg", photos / "broken.jpg",
+                         "--backend", "onnxruntime")
+    assert code == 2 and "broken.jpg" in err and "broken.jpg" not in out and "chelsea.jpg" in out
+    labels = tmp_path / "labels.bin"
+    labels.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = cli(capsys, "infer", "-m", resnet18_onnx, photos / "chelsea.jpg", "--labels", labels)
+    assert code == 2 and "is not UTF-8 text" in err and "Traceback" not in err

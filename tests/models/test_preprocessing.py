@@ -404,3 +404,58 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale(monkeypatch):
     monkeypatch.setattr(pp, "DRAFT_MIN_PIXELS", 16_000_000)
     with pytest.raises(ImageError, match="over the decode limit"):
         preprocess(data, prep, max_pixels=100_000)
+
+
+def _fifo_reader_returns(fn, path, timeout=10.0):
+    """Run ``fn(path)`` in a thread; (finished, result or exception). A FIFO that blocks the reader is
+    released afterwards by opening and closing its write end."""
+    import os
+    import threading
+
+    box: list = []
+    t = threading.Thread(target=lambda: box.append(_call(fn, path)), daemon=True)
+    t.start()
+    t.join(timeout)
+    finished = not t.is_alive()
+    if not finished:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the blocked reader
+        t.join(5)
+    return finished, (box[0] if box else None)
+
+
+def _call(fn, path):
+    try:
+        return fn(path)
+    except Exception as exc:  # noqa: BLE001 - returned for the assertion
+        return exc
+
+
+def test_fifo_and_devices_are_refused_not_read(tmp_path):
+    import os
+
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "ok.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    skipped: list = []
+    assert list_images(tmp_path, skipped) == [tmp_path / "ok.jpg"]
+    assert sorted(os.path.basename(p) for p, _ in skipped) == ["dangling.jpg", "pipe.jpg", "zero.png"]
+    assert "a FIFO" in dict(skipped)[str(tmp_path / "pipe.jpg")]
+    finished, result = _fifo_reader_returns(load_image, tmp_path / "pipe.jpg")
+    assert finished, "load_image blocked on a FIFO"
+    assert isinstance(result, ImageError) and "not a regular file (a FIFO)" in str(result)
+    with pytest.raises(ImageError, match="is a directory"):
+        load_image(tmp_path / "folder.jpg")
+    with pytest.raises(ImageError, match="a character device"):
+        load_image(tmp_path / "zero.png")
+
+
+def test_empty_and_unknown_files_say_so(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(ImageError, match=r"is empty \(0 bytes\)"):
+        load_image(tmp_path / "empty.jpg")
+    with pytest.raises(ImageError, match="not a recognized image format") as info:
+        load_image(tmp_path / "text.jpg")
+    assert "<_io." not in str(info.value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 
 import pytest
 import torch
@@ -75,12 +77,33 @@ def test_mismatched_checkpoint_names_keys(tmp_path, reference):
         create_model("50", weights=str(path))  # a resnet18 checkpoint for a resnet50: names and shapes differ
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken zip"])
-def test_corrupt_file(tmp_path, content):
+@pytest.mark.parametrize("content, message", [
+    (b"", "cannot read weights file .*empty"),
+    (b"not a checkpoint at all", "cannot read weights file .*not a PyTorch checkpoint"),
+    (b"PK\x03\x04broken zip", "cannot read weights file .*damaged zip"),
+    (b"\x80\x04K\x05.", "not a PyTorch checkpoint"),  # a plain pickle of an int
+])
+def test_corrupt_file(tmp_path, content, message):
     path = tmp_path / "corrupt.pth"
     path.write_bytes(content)
-    with pytest.raises(WeightsError, match="cannot read weights file"):
+    with pytest.raises(WeightsError, match=message) as info:
         create_model("18", weights=str(path))
+    assert "weights_only" not in str(info.value)  # never the advice to load it unsafely
+
+
+def test_pickled_code_is_refused_without_the_unsafe_advice(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    for path, data in ((tmp_path / "legacy.pth", pickle.dumps(Evil())), (tmp_path / "zip.pth", None)):
+        if data is None:
+            torch.save({"model": object.__new__(Evil)}, path)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(WeightsError, match="refused, since loading it could run code") as info:
+            create_model("18", weights=str(path))
+        assert "weights_only" not in str(info.value)
 
 
 def test_missing_file():

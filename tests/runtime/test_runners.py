@@ -115,7 +115,7 @@ def test_silent_fallback_is_detected(resnet18_onnx, monkeypatch):
 def test_corrupt_onnx_is_a_clear_error(tmp_path, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
-    with pytest.raises(UsageError, match="onnxruntime cannot load"):
+    with pytest.raises(UsageError, match="is not an ONNX model"):
         load_runner(path, backend="onnxruntime")
 
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from .. import options
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    from ..shapes import validate_spatial
+
     out = []
     for item in _csv(text, "shapes"):
         parts = item.lower().split("x")
@@ -54,6 +57,7 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
             dims = dims * 2
         if len(dims) != 2:
             raise UsageError(f"bad --shapes entry '{item}': use HxW (e.g. 224x224) or one side (224)")
+        validate_spatial(dims[0], dims[1])
         out.append((dims[0], dims[1]))
     return tuple(dict.fromkeys(out))
 
@@ -76,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                       help="add the peers: torch fp32/bf16, torch.compile, onnxruntime, openvino fp32/bf16 (CPU); "
                            "torch fp16, onnxruntime CUDA, tensorrt fp16 (CUDA)")
     what.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    what.add_argument("--threads", type=int, help="intra-op threads for every backend (default: each one's own)")
+    what.add_argument("--threads", type=options.threads, help="intra-op threads for every backend (default: each one's own)")
     what.add_argument("--calib-data", default="synthetic",
                       help="calibration set of the INT8 export (folder, .npy/.npz, synthetic[:N]); latency does not "
                            "depend on it (default: synthetic)")
@@ -86,21 +90,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     how.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
     how.add_argument("--shapes", default="224x224", help="comma-separated HxW input sizes (default: 224x224)")
     how.add_argument("--warmup", default="200ms", help="iterations (10) or a time (200ms, 2s) (default: 200ms)")
-    how.add_argument("--iterations", type=int, help="minimum timed iterations per configuration")
-    how.add_argument("--duration", type=float, help="minimum timed seconds per configuration")
-    how.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations (default: 3)")
-    how.add_argument("--pause-ms", type=float, default=50.0,
+    how.add_argument("--iterations", type=options.positive_int, help="minimum timed iterations per configuration")
+    how.add_argument("--duration", type=options.non_negative_float, help="minimum timed seconds per configuration")
+    how.add_argument("--rounds", type=options.positive_int, default=3, help="interleaved rounds over all configurations (default: 3)")
+    how.add_argument("--pause-ms", type=options.non_negative_float, default=50.0,
                      help="idle gap between configurations, so the previous backend's threads go quiet (default: 50)")
-    how.add_argument("--cv-warn", type=float, default=0.05,
+    how.add_argument("--cv-warn", type=options.positive_float, default=0.05,
                      help="warn when the coefficient of variation exceeds this fraction (default: 0.05)")
-    how.add_argument("--seed", type=int, default=0, help="seed of the input batches (default: 0)")
+    how.add_argument("--seed", type=options.non_negative_int, default=0, help="seed of the input batches (default: 0)")
     how.add_argument("--no-device-timing", action="store_true", help="on CUDA, skip the CUDA-event compute timing")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     out.add_argument("--csv", type=Path, metavar="OUT", help="write one CSV row per configuration")
     out.add_argument("--plot", type=Path, metavar="OUT.png", help="write the latency/throughput figure")
     out.add_argument("--baseline", help="the target the speedup column divides by (default: torch:fp32)")
-    out.add_argument("--cpu-ghz", type=float, help="the CPU clock for the peak (default: what the system reports)")
+    out.add_argument("--cpu-ghz", type=options.positive_float, help="the CPU clock for the peak (default: what the system reports)")
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import options
 from ..runtime.tensorrt.manifest import HARDWARE_COMPATIBILITY
 from ..runtime.tensorrt.profiles import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT
 
@@ -32,11 +33,11 @@ def add_parser(sub, common) -> None:
                    help=f"shape the kernels are tuned for (default {_shape(DEFAULT_OPT)})")
     g.add_argument("--max-shape", action="append", default=None, metavar="NxCxHxW",
                    help=f"largest input accepted (default {_shape(DEFAULT_MAX)})")
-    g.add_argument("--profile-copies", type=int, default=1, metavar="N",
+    g.add_argument("--profile-copies", type=options.positive_int, default=1, metavar="N",
                    help="build each profile N times, so N threads can run the engine at once (default 1)")
     g = p.add_argument_group("builder")
-    g.add_argument("--workspace", type=float, default=None, metavar="GiB", help="workspace memory limit")
-    g.add_argument("--opt-level", type=int, default=None, metavar="N",
+    g.add_argument("--workspace", type=options.positive_float, default=None, metavar="GiB", help="workspace memory limit")
+    g.add_argument("--opt-level", type=options.int_range(0, 5), default=None, metavar="N",
                    help="builder optimization level 0..5 (TensorRT's default 3; lower builds faster)")
     g.add_argument("--timing-cache", default=None, metavar="PATH",
                    help="timing cache file: loaded when present, saved after the build (rebuilds take seconds)")
@@ -52,7 +53,7 @@ def add_parser(sub, common) -> None:
                    help="compare the engine with the ONNX (ONNX Runtime) at min, opt, max and an off-grid shape")
     g.add_argument("--reference", default=None, metavar="REF.onnx",
                    help="ONNX to compare with (default: MODEL.onnx; give the FP32 ONNX when building from FP16)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the check inputs")
+    g.add_argument("--seed", type=options.non_negative_int, default=0, help="seed of the check inputs")
     p.add_argument("--json", action="store_true", help="print the engine manifest as JSON")
     p.set_defaults(func=run)
 
@@ -68,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
         version_compatible=args.version_compatible, hardware_compatibility=args.hardware_compatibility,
         profile_copies=args.profile_copies, tf32=not args.no_tf32)
     cfg.validate()
-    if not Path(args.onnx).is_file():
-        raise UsageError(f"ONNX file '{args.onnx}' does not exist")
-    if args.reference and not Path(args.reference).is_file():
-        raise UsageError(f"--reference '{args.reference}' does not exist")
+    from .._io import require_file
+
+    require_file(args.onnx, "ONNX file")
+    if args.reference:
+        require_file(args.reference, "--reference")
     # building needs TensorRT and a GPU; --check also runs the engine, which needs a CUDA binding
     usable, reason = tensorrt_usable(cfg.device, purpose="run" if args.check else "build")
     if not usable:

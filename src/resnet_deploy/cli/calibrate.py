@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import options
 from ..calibration.qdq import TARGET_CHOICES
 from ..calibration.ranges import DEFAULT_PERCENTILE, METHODS
 from ..calibration.sources import DEFAULT_HOLDOUT, DEFAULT_SIZE
@@ -32,13 +33,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                         "--int8-target both, the target name is inserted: OUT.onnxruntime.onnx, OUT.tensorrt.onnx")
     p.add_argument("--calib-method", choices=METHODS, default="entropy",
                    help="activation ranges: entropy (TensorRT's KL, 2048 bins; default), percentile, minmax")
-    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+    p.add_argument("--percentile", type=options.percentile, default=DEFAULT_PERCENTILE,
                    help=f"for --calib-method percentile (default {DEFAULT_PERCENTILE})")
-    p.add_argument("--calib-size", type=int, default=DEFAULT_SIZE,
+    p.add_argument("--calib-size", type=options.positive_int, default=DEFAULT_SIZE,
                    help=f"images used for calibration (default {DEFAULT_SIZE}; fewer than 500 warns)")
-    p.add_argument("--batch-size", "--calib-batch-size", dest="batch_size", type=int, default=None,
+    p.add_argument("--batch-size", "--calib-batch-size", dest="batch_size", type=options.batch_size, default=None,
                    help="calibration batch size (default 8, or N of --shape)")
-    p.add_argument("--shape", "--calib-shape", dest="shape", default=None,
+    p.add_argument("--shape", "--calib-shape", dest="shape", type=options.input_shape, default=None,
                    help="calibration shape NxCxHxW, e.g. 8x3x224x224 (default: batch 8 at the record's crop size); "
                         "pass the engine profile's opt shape here")
     p.add_argument("--int8-target", choices=TARGET_CHOICES, default="auto",
@@ -48,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="calibration cache JSON (default <output dir>/<model>.int8.calib.json); reused when it "
                         "matches, refused when it was made for another model or preprocessing")
     p.add_argument("--recalibrate", action="store_true", help="calibrate again and overwrite the cache")
-    p.add_argument("--holdout", type=int, default=DEFAULT_HOLDOUT,
+    p.add_argument("--holdout", type=options.non_negative_int, default=DEFAULT_HOLDOUT,
                    help=f"images kept aside for the parity check, never calibrated on (default {DEFAULT_HOLDOUT})")
     p.add_argument("--seed", type=int, default=0, help="seed of the image shuffle")
     p.add_argument("--modelopt", action="store_true",
@@ -69,19 +70,33 @@ def _paths(model: Path, output: str | None, targets: list[str]) -> tuple[Path, d
     return out.parent, {t: out.with_name(f"{base}.{t}.onnx") for t in targets}
 
 
+def _calibration_files(spec: str) -> list[Path]:
+    """The files a --calib-data reads (an array file, or the images of a folder)."""
+    from ..models.preprocessing import list_images
+
+    p = Path(spec)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return list_images(p, skipped=[])  # the calibration source reports what it skips
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration.qdq import targets_for
     from ..calibration.stage import CalibrationConfig, record_in_manifest, run_int8_stage
     from ..errors import CheckFailedError, UsageError
     from ..export.manifest import MANIFEST_NAME, Manifest
-    from ..shapes import parse_shape
 
-    model = Path(args.model)
-    if not model.is_file():
-        raise UsageError(f"ONNX file '{model}' does not exist")
+    from .._io import refuse_overwriting_inputs, require_file
+
+    from ..artifacts import read_metadata
+
+    model = require_file(args.model, "ONNX file")
     if model.suffix.lower() != ".onnx":
         raise UsageError(f"'{model}' is not an .onnx file; calibrate takes an FP32 ONNX")
-    shape = parse_shape(args.shape) if args.shape else None
+    read_metadata(model)  # "not an ONNX model" now, not the quantizer's words later
+    shape = args.shape
     config = CalibrationConfig(calib_data=args.calib_data, method=args.calib_method, percentile=args.percentile,
                                calib_size=args.calib_size, batch_size=args.batch_size, shape=shape,
                                target=args.int8_target, holdout=args.holdout, seed=args.seed, cache=args.cache,
@@ -91,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir, paths = _paths(model, args.output, targets)
     if model.resolve() in {p.resolve() for p in paths.values()}:
         raise UsageError(f"--output '{args.output}' would overwrite the FP32 model")
+    refuse_overwriting_inputs(paths.values(), [model, *_calibration_files(args.calib_data)])
     stem = model.name[:-len(".onnx")]
     timings: dict[str, float] = {}
     res = run_int8_stage(model, None, out_dir, stem, config, timings, artifact_paths=paths)

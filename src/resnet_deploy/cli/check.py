@@ -9,23 +9,15 @@ import argparse
 import json
 import os
 
+from .. import options
 from .._io import write_json
-from ..check import TOLERANCE_FLAGS, CheckConfig, Shape, run_check
+from ..check import TOLERANCE_FLAGS, CheckConfig, run_check
 from ..errors import UsageError
 from ..parity import DEFAULT_TOLERANCES
 from ..runtime import BACKEND_CHOICES
 
 
 # -- CLI ------------------------------------------------------------------------------------------
-
-def _shapes(text: str) -> tuple[Shape, ...]:
-    from ..shapes import parse_shape
-
-    try:
-        return tuple(parse_shape(s.strip()) for s in text.split(",") if s.strip())
-    except UsageError as exc:  # argparse reports ArgumentTypeError as a usage error (exit 2)
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("check", parents=[common], help="parity of an artifact against PyTorch (or another artifact)",
@@ -36,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="backend for ARTIFACT (default auto)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda for engines, else cpu)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for both runners")
+    g.add_argument("--threads", type=options.threads, default=None, help="CPU threads for both runners")
     g = p.add_argument_group("reference")
     g.add_argument("--reference", default=None, metavar="OTHER_ARTIFACT",
                    help="compare against another artifact instead of PyTorch")
@@ -44,25 +36,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--variant", default=None, help="PyTorch reference variant (default: from the artifact)")
     g.add_argument("--weights", default=None, help="reference weights: random, imagenet[:TAG], or a checkpoint "
                                                    "(default: from the artifact)")
-    g.add_argument("--num-classes", type=int, default=None, help="reference classes (default: from the artifact)")
+    g.add_argument("--num-classes", type=options.positive_int, default=None, help="reference classes (default: from the artifact)")
     g.add_argument("--head", choices=("logits", "embedding"), default=None, help="reference head (default: from "
                                                                                   "the artifact)")
     g.add_argument("--seed", type=int, default=None, help="seed of random reference weights and of the inputs")
     g = p.add_argument_group("inputs")
-    g.add_argument("--shapes", type=_shapes, default=None,
+    g.add_argument("--shapes", type=options.input_shapes, default=None,
                    help="seeded input shapes NxCxHxW, comma-separated (default 1x3x224x224,3x3x160x288,"
                         "2x3x320x320; an engine's min/opt/max are always added)")
     g.add_argument("--images", default=None, metavar="DIR", help="also check on the images under DIR")
-    g.add_argument("--max-images", type=int, default=32, help="at most this many images from --images (32)")
+    g.add_argument("--max-images", type=options.positive_int, default=32, help="at most this many images from --images (32)")
     g.add_argument("--inputs", default=None, metavar="FILE", help="saved batches: .npy (one) or .npz (several)")
     g = p.add_argument_group("tolerances (default: by the artifact's precision)")
     g.add_argument("--precision", choices=tuple(DEFAULT_TOLERANCES), default=None,
                    help="tolerance class (default: what the runner reports)")
-    g.add_argument("--max-abs-rel", type=float, default=None, help="max abs error / max |reference|")
-    g.add_argument("--min-cosine", type=float, default=None)
-    g.add_argument("--min-centered-cosine", type=float, default=None)
-    g.add_argument("--min-top1", type=float, default=None, help="top-1 agreement (0..1)")
-    g.add_argument("--min-top5", type=float, default=None, help="reference top-1 within candidate top-5 (0..1)")
+    g.add_argument("--max-abs-rel", type=options.non_negative_float, default=None, help="max abs error / max |reference|")
+    g.add_argument("--min-cosine", type=options.float_range(-1, 1), default=None)
+    g.add_argument("--min-centered-cosine", type=options.float_range(-1, 1), default=None)
+    g.add_argument("--min-top1", type=options.fraction, default=None, help="top-1 agreement (0..1)")
+    g.add_argument("--min-top5", type=options.fraction, default=None, help="reference top-1 within candidate top-5 (0..1)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON to OUT ('-': stdout)")
     p.set_defaults(func=run)
 
@@ -80,10 +72,25 @@ def config_from_args(args: argparse.Namespace) -> CheckConfig:
                        precision=args.precision, tolerance_overrides=overrides)
 
 
+def _check_json_output(path: str) -> None:
+    from .._io import file_problem
+
+    if os.path.lexists(path) and file_problem(path) is not None:
+        raise UsageError(f"--json '{path}' {file_problem(path)}; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--json '{path}': '{parent}' is not a directory")
+
+
 def run(args: argparse.Namespace) -> int:
+    from .._io import require_file
+
     cfg = config_from_args(args)
-    if not os.path.isfile(cfg.artifact):
-        raise UsageError(f"artifact '{cfg.artifact}' does not exist")
+    require_file(cfg.artifact, "artifact")
+    if args.json and args.json != "-":
+        _check_json_output(args.json)  # before the check runs, not after
     report, candidate, reference = run_check(cfg)
     to_stdout = args.json == "-"
     if not to_stdout:

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from .. import options
 from ..errors import UsageError
 from ..pipelines.embed_job import EmbedConfig, embed_folder
 from ..runtime import BACKEND_CHOICES
@@ -30,18 +32,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="output format (default: from the suffix of --output)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda for engines, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU inference threads")
+    p.add_argument("--threads", type=options.threads, default=None, help="CPU inference threads")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
                    help="what a backend with a choice runs (OpenVINO: fp32 unless bf16 is asked for)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: min(8, CPUs))")
+    p.add_argument("--batch-size", type=options.batch_size, default=32, help="images per batch (default 32)")
+    p.add_argument("--workers", type=options.positive_int, default=None, help="decode threads (default: min(8, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="start a new file instead of resuming an existing one")
-    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--checkpoint-every", type=options.positive_float, default=60.0, metavar="SECONDS",
                    help="rewrite the output with the rows so far every SECONDS (default 60)")
     g = p.add_argument_group("distributed")
     g.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray (Ray Data actors)")
     g.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    g.add_argument("--num-actors", type=int, default=None, help="Ray actors (default: one per GPU, else 1)")
+    g.add_argument("--num-actors", type=options.positive_int, default=None, help="Ray actors (default: one per GPU, else 1)")
     p.set_defaults(func=run)
 
 
@@ -77,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     s = embed_folder(cfg, on_start=started)
     print(f"wrote {s.output} ({s.format}): {s.total_rows} rows; {s.new_rows} new in {s.seconds:.1f}s "
           f"({s.images_per_second:.1f} img/s), {s.already_done} already there, {len(s.failed)} unreadable skipped")
-    for path, reason in s.failed[:20]:
-        print(f"  skipped {path}: {reason}")
+    for path, reason in s.failed[:20]:  # to stderr, with the errors
+        print(f"  skipped {path}: {reason}", file=sys.stderr)
     if len(s.failed) > 20:
-        print(f"  ... and {len(s.failed) - 20} more (listed in the output's metadata)")
+        print(f"  ... and {len(s.failed) - 20} more (listed in the output's metadata)", file=sys.stderr)
     return 0

@@ -6,13 +6,9 @@ import argparse
 import json
 
 from ..export import DEFAULT_CHECK_SHAPES, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, ExportConfig, export_model
-from ..shapes import parse_shape
+from .. import options
 from ..models import variant_choices
 from ..models.heads import HEADS
-
-
-def _shapes(text: str) -> tuple[tuple[int, ...], ...]:
-    return tuple(parse_shape(s.strip()) for s in text.split(",") if s.strip())
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,18 +20,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--weights", default="random",
                    help="'random' (default; outputs carry no meaning), 'imagenet' (torchvision's DEFAULT), "
                         "'imagenet:IMAGENET1K_V1', or a checkpoint path (.pth/.pt/.safetensors)")
-    g.add_argument("--num-classes", type=int, default=None, help="classes of a fine-tuned head (default: from "
+    g.add_argument("--num-classes", type=options.positive_int, default=None, help="classes of a fine-tuned head (default: from "
                                                                  "the checkpoint, else 1000)")
     g.add_argument("--head", choices=HEADS, default="logits", help="logits, or the pooled embedding")
     g.add_argument("--normalize", action="store_true", help="L2-normalize embeddings (with --head embedding)")
-    g.add_argument("--seed", type=int, default=0, help="seed for random weights and check inputs")
+    g.add_argument("--seed", type=options.non_negative_int, default=0, help="seed for random weights and check inputs")
     g = p.add_argument_group("ONNX")
     g.add_argument("--output", "-o", default=None, help="output directory (default ./exports/<variant>/)")
-    g.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    g.add_argument("--opset", type=options.positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     g.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                    help="dynamo (torch.export, default) or the deprecated torchscript exporter (opset < 18)")
     g.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    g.add_argument("--check-shapes", type=_shapes, default=DEFAULT_CHECK_SHAPES,
+    g.add_argument("--check-shapes", type=options.input_shapes, default=DEFAULT_CHECK_SHAPES,
                    help="parity shapes, e.g. 1x3x224x224,3x3x160x288,2x3x320x320 (the default)")
     g.add_argument("--fuse-preprocess", action="store_true",
                    help="input uint8 NHWC (resized and cropped images); /255 and mean/std inside the graph")
@@ -48,21 +44,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--min-shape", action="append", default=None, help="engine profile min, e.g. 1x3x128x128")
     g.add_argument("--opt-shape", action="append", default=None, help="engine profile opt, e.g. 8x3x224x224")
     g.add_argument("--max-shape", action="append", default=None, help="engine profile max, e.g. 32x3x512x512")
-    g.add_argument("--workspace", type=float, default=None, help="builder workspace limit in GiB")
+    g.add_argument("--workspace", type=options.positive_float, default=None, help="builder workspace limit in GiB")
     g.add_argument("--timing-cache", default=None, help="persistent TensorRT timing cache file")
     g = p.add_argument_group("INT8 calibration")
     g.add_argument("--calib-data", default=None, help="folder of images (recursive) or .npy/.npz batches")
     g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default=None,
                    help="activation range method (default entropy)")
-    g.add_argument("--calib-size", type=int, default=None, help="images used for calibration")
-    g.add_argument("--calib-batch-size", type=int, default=None, help="calibration batch size")
-    g.add_argument("--percentile", type=float, default=None, help="for --calib-method percentile (default 99.99)")
+    g.add_argument("--calib-size", type=options.positive_int, default=None, help="images used for calibration")
+    g.add_argument("--calib-batch-size", type=options.batch_size, default=None, help="calibration batch size")
+    g.add_argument("--percentile", type=options.percentile, default=None, help="for --calib-method percentile (default 99.99)")
     g.add_argument("--int8-target", choices=("onnxruntime", "tensorrt", "both"), default=None,
                    help="Q/DQ flavour (default: tensorrt when a GPU and TensorRT are usable, else onnxruntime)")
     g.add_argument("--calib-cache", default=None, help="calibration cache JSON (reused when it matches)")
-    g.add_argument("--calib-shape", default=None,
+    g.add_argument("--calib-shape", type=options.input_shape, default=None,
                    help="calibration shape NxCxHxW (default: the first --opt-shape, else batch 8 at the crop size)")
-    g.add_argument("--holdout", type=int, default=None, help="images kept aside for the INT8 parity check (16)")
+    g.add_argument("--holdout", type=options.non_negative_int, default=None, help="images kept aside for the INT8 parity check (16)")
     g.add_argument("--recalibrate", action="store_true", help="ignore and overwrite an existing calibration cache")
     g.add_argument("--modelopt", action="store_true", help="make the tensorrt flavour with NVIDIA ModelOpt")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the summary table")
@@ -73,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     int8 = {k: v for k, v in {
         "calib_data": args.calib_data, "method": args.calib_method, "calib_size": args.calib_size,
         "batch_size": args.calib_batch_size, "percentile": args.percentile, "target": args.int8_target,
-        "cache": args.calib_cache, "shape": parse_shape(args.calib_shape) if args.calib_shape else None,
+        "cache": args.calib_cache, "shape": args.calib_shape,
         "holdout": args.holdout, "recalibrate": args.recalibrate or None,
         "modelopt": args.modelopt or None}.items() if v is not None}
     engine = {k: v for k, v in {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import options
 from ..errors import UsageError
 from ..runtime import BACKEND_CHOICES, runner_options
+
+#: A labels file larger than this is not a list of class names.
+MAX_LABELS_BYTES = 16 << 20
 
 
 @dataclass
@@ -60,15 +65,33 @@ def top_k(logits: np.ndarray, k: int, labels: Sequence[str] | None = None) -> li
             for p, row in zip(probs, order)]
 
 
-def class_labels(num_classes: int, labels_file: str | None) -> list[str] | None:
-    """Names for ``num_classes`` outputs: ``--labels FILE``, else ImageNet's for 1000, else None."""
-    if labels_file:
-        p = Path(labels_file)
-        if not p.is_file():
-            raise UsageError(f"labels file '{p}' does not exist")
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_labels(labels_file: str | os.PathLike[str]) -> list[str]:
+    """Class names, one per line (blank lines ignored), from a UTF-8 text file."""
+    from .._io import open_regular
+
+    p = Path(labels_file)
+    with open_regular(p, "labels file") as f:
+        data = f.read(MAX_LABELS_BYTES + 1)
+    if len(data) > MAX_LABELS_BYTES:
+        raise UsageError(f"labels file '{p}' is larger than {MAX_LABELS_BYTES >> 20} MiB; expected one class name "
+                         "per line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"labels file '{p}' is not UTF-8 text (byte {exc.start}); expected one class name per "
+                         "line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_labels(num_classes: int, labels_file: str | None = None,
+                 names: Sequence[str] | None = None) -> list[str] | None:
+    """Names for ``num_classes`` outputs: ``names`` (already read) or ``--labels FILE``, else
+    ImageNet's for 1000, else None."""
+    if labels_file or names is not None:
+        names = list(names) if names is not None else read_labels(labels_file)  # type: ignore[arg-type]
         if len(names) != num_classes:
-            raise UsageError(f"labels file '{p}' has {len(names)} names but the model has {num_classes} classes")
+            raise UsageError(f"labels file '{labels_file}' has {len(names)} names but the model has {num_classes} "
+                             "classes")
         return names
     if num_classes == 1000:
         from ..data import imagenet_classes
@@ -77,9 +100,10 @@ def class_labels(num_classes: int, labels_file: str | None) -> list[str] | None:
     return None
 
 
-def predict(model: Any, images: Sequence[str], k: int, labels_file: str | None = None) -> list[ImageResult]:
+def predict(model: Any, images: Sequence[str], k: int, labels_file: str | None = None,
+            names: Sequence[str] | None = None) -> list[ImageResult]:
     """Run ``images`` through an :class:`~resnet_deploy.pipelines.ImageModel`; failures become results
-    with ``error`` set, in input order."""
+    with ``error`` set, in input order. The model must output (N, classes) scores."""
     positions: dict[str, deque[int]] = defaultdict(deque)
     for i, path in enumerate(images):
         positions[path].append(i)  # the same file twice: both occurrences succeed or fail alike
@@ -90,8 +114,11 @@ def predict(model: Any, images: Sequence[str], k: int, labels_file: str | None =
         results[positions[path].popleft()] = ImageResult(path, error=str(exc))
 
     for n, (chunk, logits) in enumerate(model.iter_run(list(images), on_error=on_error)):
+        if logits.ndim != 2:
+            raise UsageError(f"the model outputs shape {'x'.join(map(str, logits.shape))} per batch; infer needs "
+                             "(N, classes) scores")
         if n == 0:
-            labels = class_labels(logits.shape[1], labels_file)
+            labels = class_labels(logits.shape[1], labels_file, names)
         for path, row in zip(chunk, top_k(logits, k, labels)):
             results[positions[path].popleft()] = ImageResult(path, top_k=row)
     return [results[i] for i in range(len(images))]
@@ -105,15 +132,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--model", "-m", required=True, metavar="ARTIFACT",
                    help="ONNX file, TensorRT engine, or a variant name (torch backend, with --weights)")
     p.add_argument("--weights", default=None, help="weights for a variant name: imagenet[:TAG], random, or a file")
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--top-k", type=options.positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--labels", default=None, metavar="FILE", help="class names, one per line (custom heads)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="default auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda for engines, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU inference threads")
+    p.add_argument("--threads", type=options.threads, default=None, help="CPU inference threads")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
                    help="what a backend with a choice runs (OpenVINO: fp32 unless bf16 is asked for)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: min(8, CPUs))")
+    p.add_argument("--batch-size", type=options.batch_size, default=16, help="images per batch (default 16)")
+    p.add_argument("--workers", type=options.positive_int, default=None, help="decode threads (default: min(8, CPUs))")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -125,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    names = read_labels(args.labels) if args.labels else None  # a bad file fails before the model loads
     device = default_device(args.model, args.device)
     kwargs: dict[str, Any] = runner_options(args.model, args.backend, device, threads=args.threads,
                                             precision=args.precision)
@@ -137,19 +165,20 @@ def run(args: argparse.Namespace) -> int:
         if model.head == "embedding":
             raise UsageError(f"'{args.model}' outputs embeddings (head 'embedding'), not class scores; use "
                              "'resnet-deploy embed'")
-        results = predict(model, args.images, args.top_k, args.labels)
+        results = predict(model, args.images, args.top_k, args.labels, names)
         info = model.runner.info
     failed = [r for r in results if r.error]
+    for r in failed:  # errors go to stderr (and into the JSON), results to stdout
+        print(f"error: {r.error}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": str(args.model), "backend": info.backend, "device": info.device,
                           "precision": info.precision, "results": [r.to_dict() for r in results]}, indent=2))
     else:
         print(f"backend: {info.backend} ({info.device}, {info.precision})  model: {args.model}")
         for r in results:
-            print(r.image)
             if r.error:
-                print(f"    error: {r.error}")
                 continue
+            print(r.image)
             for rank, pred in enumerate(r.top_k, 1):
                 name = pred.label if pred.label is not None else f"class {pred.index}"
                 print(f"  {rank:>2}. {pred.index:>5}  {pred.probability:8.4f}  {name}")

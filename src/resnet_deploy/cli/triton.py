@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..pipelines.triton.server import ServerConfig, TritonServer
 
+from .. import options
+
 DOCKER_HINT = ("docker run --gpus all --rm --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
                "-v {repo}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
 
@@ -35,9 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                                                          "kept; replacing one needs --force)")
     p.add_argument("--name", default=None, help="model name prefix; entries are NAME_<kind> (default: the ONNX "
                                                 "file's stem, e.g. resnet50_embedding)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="max_batch_size of every entry (default 32; "
+    p.add_argument("--max-batch-size", type=options.batch_size, default=32, help="max_batch_size of every entry (default 32; "
                                                                   "an engine's profile may lower it)")
-    p.add_argument("--instances", type=int, default=1, help="model instances per entry (instance_group count)")
+    p.add_argument("--instances", type=options.positive_int, default=1, help="model instances per entry (instance_group count)")
     p.add_argument("--entries", type=_csv, default=None,
                    help=f"comma-separated subset of: {', '.join(ENTRY_KINDS)} (default: every entry the export has "
                         "the artifacts for; naming one it lacks is an error)")
@@ -50,9 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--runner-backend", choices=RUNNER_BACKENDS, default="auto",
                    help="the toolkit runner inside the Python-backend entries (default auto: openvino on a CPU "
                         "when installed, else onnxruntime)")
-    p.add_argument("--max-queue-delay-us", type=int, default=500,
+    p.add_argument("--max-queue-delay-us", type=options.non_negative_int, default=500,
                    help="dynamic batching: how long a request may wait for others (default 500 us)")
-    p.add_argument("--decode-workers", type=int, default=None,
+    p.add_argument("--decode-workers", type=options.positive_int, default=None,
                    help="bytes entry: decode threads per instance (default: the Embedder's)")
     p.add_argument("--max-side", type=int, default=None,
                    help="python entry: largest tensor height/width a request may have (default 1024; the "

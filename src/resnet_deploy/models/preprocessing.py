@@ -198,7 +198,15 @@ def load_image(src: ImageSource, *, max_pixels: int | None = None,
             _bound(img, name, cap, min_size)
             img.load()
         elif isinstance(src, (str, os.PathLike)):
-            with open(src, "rb") as f:
+            from .._io import open_regular
+
+            try:
+                f = open_regular(src, "image")  # a FIFO or a device is refused, not read forever
+            except UsageError as exc:
+                raise ImageError(str(exc)) from None
+            with f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    raise ImageError(f"image '{name}' is empty (0 bytes)")
                 img = Image.open(f)
                 _bound(img, name, cap, min_size)
                 img.load()
@@ -212,7 +220,10 @@ def load_image(src: ImageSource, *, max_pixels: int | None = None,
     except FileNotFoundError as exc:
         raise ImageError(f"image '{name}' does not exist") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on bad data
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, Image.UnidentifiedImageError):  # its message is the repr of a file object
+            reason = "not a recognized image format"
+        else:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImageError(f"cannot decode image '{name}': {reason}") from exc
     if img.width < 1 or img.height < 1:
         raise ImageError(f"image '{name}' is empty ({img.width}x{img.height})")
@@ -340,22 +351,40 @@ def preprocess_many(items: Iterable[ImageSource], prep: Preprocessing, workers: 
     return np.stack(arrays)
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+def list_images(folder: str | os.PathLike[str], skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Every image file under ``folder`` (recursive, by suffix, sorted by path). A single image file
-    is returned as a one-element list."""
+    is returned as a one-element list.
+
+    Only regular files are listed (symlinks to them included): a FIFO, a device or a broken link
+    named like an image is skipped, since reading it would block or never end. Each is appended to
+    ``skipped`` as ``(path, reason)`` for the caller to report, or logged as a warning when
+    ``skipped`` is None."""
+    from .._io import file_problem
+
     root = Path(folder)
     if root.is_file():
         if root.suffix.lower() not in IMAGE_SUFFIXES:
             raise UsageError(f"'{root}' is not an image file; expected one of: {', '.join(IMAGE_SUFFIXES)}")
         return [root]
     if not root.is_dir():
-        raise UsageError(f"image folder '{root}' does not exist")
+        problem = file_problem(root)
+        raise UsageError(f"image folder '{root}' " + ("does not exist" if problem in (None, "does not exist")
+                                                      else problem))
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in filenames:
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
+            if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            path = Path(dirpath) / name
+            problem = file_problem(path)
+            if problem is not None:
+                if skipped is None:
+                    log.warning("skipping '%s': it %s", path, problem)
+                else:
+                    skipped.append((str(path), f"image '{path}' {problem}"))
+                continue
+            found.append(path)
     return sorted(found)
 
 

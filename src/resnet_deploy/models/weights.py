@@ -48,24 +48,80 @@ def extract_state_dict(obj: Any, *, origin: str = "checkpoint") -> dict[str, tor
     return sd
 
 
+#: What a refused pickle is told. PyTorch's own message advises ``weights_only=False``, which runs
+#: whatever code the file carries: never pass that on.
+_REFUSED = ("holds Python objects other than tensors and plain containers; refused, since loading it could run "
+            "code. Re-save the model's state_dict (torch.save(model.state_dict(), PATH)) or use .safetensors")
+
+
+def _container(head: bytes) -> str:
+    """``zip`` (torch.save's format), ``pickle`` (the legacy format, or a plain pickle), or ``other``."""
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return "other"
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     """Read a .pth/.pt (``torch.load(weights_only=True)``) or .safetensors file."""
+    import warnings
+
+    from .._io import file_problem
+
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"weights file '{p}' does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as exc:
-                raise WeightsError(f"'{p}' is a safetensors file; pip install safetensors to read it") from exc
+    problem = file_problem(p)
+    if problem is not None:
+        raise WeightsError(f"weights file '{p}' {problem}")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise WeightsError(f"cannot read weights file '{p}': it is empty (0 bytes)")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise WeightsError(f"'{p}' is a safetensors file; pip install safetensors to read it") from exc
+        try:
             return load_file(str(p))
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except WeightsError:
-        raise
+        except Exception as exc:
+            raise WeightsError(f"cannot read weights file '{p}': not a valid safetensors file "
+                               f"({_first_line(exc)})") from exc
+    kind = _container(head)
+    if kind == "other":
+        raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (neither torch.save's zip "
+                           "format nor a pickle)")
+    if kind == "zip":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise WeightsError(f"cannot read weights file '{p}': a damaged zip archive ({_first_line(exc)})") from exc
+        if not any(n.endswith("data.pkl") for n in names):
+            raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (a zip archive without "
+                               "data.pkl)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle refused by weights_only, truncated file...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read weights file '{p}': {first}") from exc
+        import pickle
+
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+            raise WeightsError(f"cannot read weights file '{p}': it {_REFUSED}") from exc
+        if "magic number" in text:  # a pickle, but not torch.save's legacy layout
+            raise WeightsError(f"cannot read weights file '{p}': not a PyTorch checkpoint (a pickle without "
+                               "torch.save's header)") from exc
+        raise WeightsError(f"cannot read weights file '{p}': {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if not line.isdigit() else f"{type(exc).__name__} {line}"  # KeyError 101, not a bare "101"
 
 
 def check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, origin: str, limit: int = 5) -> None:

@@ -38,14 +38,14 @@ class EmbedConfig:
     checkpoint_every: float = 60.0  # seconds between flushes of a long job
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {self.threads}")
-        if self.checkpoint_every <= 0:
-            raise UsageError(f"--checkpoint-every must be > 0 seconds, got {self.checkpoint_every}")
+        from ..options import check_float, check_int, check_threads
+        from ..shapes import MAX_BATCH
+
+        check_int(self.batch_size, "--batch-size", 1, MAX_BATCH)
+        if self.workers is not None:
+            check_int(self.workers, "--workers", 1)
+        check_threads(self.threads, "--threads")
+        check_float(self.checkpoint_every, "--checkpoint-every", 0, min_open=True)
 
     @property
     def resolved_device(self) -> str:
@@ -78,6 +78,30 @@ def model_identity(model: str, embedder: Any) -> str:
     return f"{meta.get('variant', model)}:{meta.get('weights', '?')}:{meta.get('head', '?')}"
 
 
+def check_output(output: str | os.PathLike[str], fmt: str, inputs: list[str]) -> None:
+    """Refuse, before any work, an output that cannot be written or that would replace an input:
+    a directory (or a FIFO...) in its place or its sidecar's, a parent that is a file, or the same
+    file as the model or an image (compared by device and inode, so links and ``..`` count)."""
+    from .._io import file_problem, refuse_overwriting_inputs
+    from .store import sidecar_path
+
+    out = Path(output)
+    if not str(output):
+        raise UsageError("--output is empty; give a FILE.npy or FILE.parquet")
+    targets = [out] + ([sidecar_path(out)] if fmt == "npy" else [])
+    for target in targets:
+        if os.path.lexists(target):
+            problem = file_problem(target)
+            if problem is not None:
+                raise UsageError(f"output '{target}' {problem}; choose another --output")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write '{out}': '{parent}' is not a directory")
+    refuse_overwriting_inputs(targets, inputs)
+
+
 def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
     """Embed every image under ``cfg.inputs`` that ``cfg.output`` does not hold yet."""
     from ..models.preprocessing import list_images
@@ -87,9 +111,12 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
 
     cfg.validate()
     fmt = output_format(cfg.output, cfg.fmt)
-    paths = [os.path.abspath(p) for p in list_images(cfg.inputs)]
+    skipped: list[tuple[str, str]] = []  # FIFOs, devices, broken links named like images
+    paths = [os.path.abspath(p) for p in list_images(cfg.inputs, skipped)]
+    check_output(cfg.output, fmt, ([cfg.model] if os.path.isfile(cfg.model) else []) + paths)
     if not paths:
-        raise UsageError(f"no images under '{cfg.inputs}' (looked for jpg, jpeg, png, webp, bmp, tif, tiff, gif)")
+        raise UsageError(f"no images under '{cfg.inputs}' (looked for jpg, jpeg, png, webp, bmp, tif, tiff, gif)"
+                         + (f"; skipped {len(skipped)} that are not regular files" if skipped else ""))
     # a batch job wants throughput: OpenVINO's throughput hint keeps several requests in flight
     kwargs = runner_options(cfg.model, cfg.backend, cfg.resolved_device, threads=cfg.threads,
                             precision=cfg.precision, hint="throughput")
@@ -107,7 +134,9 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
         already = len(paths) - len(todo)
         if already:
             log.info("%d of %d images are already in %s", already, len(paths), cfg.output)
-        failed: list[tuple[str, str]] = []
+        failed: list[tuple[str, str]] = list(skipped)
+        for path, reason in skipped:
+            writer.add_failure(path, reason)
         progress = bar(total=len(todo), desc="embed", unit="img")
 
         def on_error(path: Any, exc: Exception) -> None:
@@ -133,6 +162,11 @@ def embed_folder(cfg: EmbedConfig, on_start: Any = None) -> EmbedSummary:
         finally:
             progress.close()
             seconds = time.perf_counter() - t0
-            writer.flush()  # also on Ctrl-C: the rows done so far are kept for the rerun
+            if new_rows:  # also on Ctrl-C: the rows done so far are kept for the rerun
+                writer.flush()
+        if writer.rows == 0:  # every image failed and the output holds none: write nothing, exit 2
+            first = failed[-1][1] if failed else "?"
+            raise UsageError(f"no image could be embedded: all {len(todo)} failed (e.g. {first}); nothing written "
+                             f"to '{cfg.output}'")
     return EmbedSummary(output=Path(cfg.output), format=fmt, total_rows=writer.rows, new_rows=new_rows,
                         already_done=already, failed=failed, seconds=seconds, runner=emb.describe())

@@ -69,18 +69,54 @@ def read_embeddings(path: str | os.PathLike[str], fmt: str | None = None
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar of ``path``, checked: an object whose ``paths`` is a list of strings."""
+    from .._io import file_problem
+
     side = sidecar_path(path)
-    if not side.is_file():
+    problem = file_problem(side)
+    if problem == "does not exist":
         raise UsageError(f"'{path}' has no sidecar '{side.name}' listing its rows; delete it or pass --overwrite")
+    if problem is not None:
+        raise UsageError(f"sidecar '{side}' {problem}; delete it or pass --overwrite")
     try:
-        return json.loads(side.read_text())
-    except ValueError as exc:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise UsageError(f"sidecar '{side}' is not valid JSON ({exc}); delete it or pass --overwrite") from exc
+    if not isinstance(meta, dict):
+        raise UsageError(f"sidecar '{side}' is not a JSON object (got {type(meta).__name__}); delete it or pass "
+                         "--overwrite")
+    paths = meta.get("paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise UsageError(f"sidecar '{side}': 'paths' must be a list of strings (got "
+                         f"{type(paths).__name__}); delete it or pass --overwrite")
+    return meta
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """An existing ``.npy`` memory-mapped, refusing anything else (an ``.npz``, a pickle, text...)."""
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # ValueError, OSError, zipfile.BadZipFile, EOFError...
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"'{path}' is not a readable .npy file ({text}); delete it or pass --overwrite") from exc
+    if not isinstance(rows, np.ndarray):
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+        raise UsageError(f"'{path}' is not a readable .npy file (it is a {type(rows).__name__}, not an array); "
+                         "delete it or pass --overwrite")
+    return rows
 
 
 def _parquet_meta(schema: Any) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(b"resnet_deploy")
-    return json.loads(raw) if raw else {}
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise UsageError("the file's 'resnet_deploy' metadata is not a JSON object")
+    return meta
 
 
 class EmbeddingWriter:
@@ -112,11 +148,7 @@ class EmbeddingWriter:
     def _load_existing(self) -> None:
         if self.fmt == "npy":
             meta = _read_sidecar(self.path)
-            try:
-                rows = np.load(self.path, mmap_mode="r")
-            except (ValueError, OSError) as exc:
-                raise UsageError(f"'{self.path}' is not a readable .npy file ({exc}); delete it or pass "
-                                 "--overwrite") from exc
+            rows = _load_npy(self.path)
             paths = list(meta.get("paths", []))
             if rows.ndim != 2 or rows.dtype != np.float32:
                 raise UsageError(f"'{self.path}' holds {rows.dtype} {rows.shape}, not float32 rows; delete it or "

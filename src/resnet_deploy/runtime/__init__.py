@@ -67,9 +67,22 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def _refuse_non_file(text: str) -> None:
+    """A path that exists but is a directory, a FIFO or a device: say so (not "unknown variant")."""
+    from .._io import file_problem
+
+    looks_like_path = os.sep in text or bool(os.altsep and os.altsep in text) or bool(Path(text).suffix)
+    if looks_like_path and os.path.lexists(text):
+        problem = file_problem(text)
+        if problem is not None:
+            raise UsageError(f"artifact '{text}' {problem}")
+
+
 def choose_backend(artifact: Any, backend: str = "auto", device: str = "cpu") -> str:
     """The backend for ``artifact``: engines -> tensorrt, ONNX -> the fastest usable on this machine
     (openvino on a CPU when installed, else onnxruntime), modules and variant names -> torch."""
+    if isinstance(artifact, (str, os.PathLike)):
+        _refuse_non_file(os.fspath(artifact))
     if backend != "auto":
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKEND_CHOICES)}")
@@ -113,8 +126,9 @@ def load_runner(artifact: Any, backend: str = "auto", device: str = "cpu", **kwa
     if chosen != "torch":
         if module:
             raise UsageError(f"backend '{chosen}' needs a file, not an nn.Module")
-        if not os.path.isfile(os.fspath(artifact)):
-            raise UsageError(f"artifact '{os.fspath(artifact)}' does not exist")
+        from .._io import require_file
+
+        require_file(artifact, "artifact")
         verify_artifact(artifact)  # the sha256 its export manifest records, when there is one
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     unknown = sorted(set(kwargs) - _accepted(cls, chosen))

@@ -106,9 +106,13 @@ class OnnxRuntimeRunner(Runner):
                                          "onnxruntime-gpu" if device.startswith(("cuda", "tensorrt"))
                                          else "onnxruntime") from exc
         dists = check_distributions()
+        from .._io import require_file
+        from ..options import check_threads
+
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise UsageError(f"ONNX file '{path}' does not exist")
+        require_file(path, "ONNX file")
+        threads = check_threads(threads)
+        inter_op_threads = check_threads(inter_op_threads, "inter_op_threads")
         dev = device.split(":")[0]
         if dev not in PROVIDERS:
             raise UsageError(f"unknown device '{device}' for onnxruntime; choose one of: {', '.join(PROVIDERS)}")
@@ -133,6 +137,11 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(path, sess_options=so, providers=providers)
         except Exception as exc:
+            from ..artifacts import onnx_problem
+
+            problem = onnx_problem(path)
+            if problem is not None:
+                raise UsageError(f"'{path}' is not an ONNX model ({problem})") from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"onnxruntime cannot load '{path}': {first}") from exc
         active = self.session.get_providers()

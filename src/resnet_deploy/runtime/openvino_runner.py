@@ -155,16 +155,17 @@ class OpenVINORunner(Runner):
                  threads: int | None = None, hint: str = "latency", streams: int | str | None = None,
                  num_requests: int | None = None, cache_dir: str | os.PathLike[str] | None = None) -> None:
         ov = _openvino()
+        from .._io import require_file
+        from ..options import check_threads
+
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise UsageError(f"ONNX file '{path}' does not exist")
+        require_file(path, "ONNX file")
         if precision is not None and precision not in PRECISIONS:
             raise UsageError(f"unknown precision '{precision}' for openvino; choose one of: "
                              f"{', '.join(PRECISIONS)} (or none: what the artifact is)")
         if hint not in PERFORMANCE_HINTS:
             raise UsageError(f"unknown performance hint '{hint}'; choose one of: {', '.join(PERFORMANCE_HINTS)}")
-        if threads is not None and int(threads) < 1:
-            raise UsageError(f"threads must be >= 1, got {threads}")
+        threads = check_threads(threads)
         if num_requests is not None and int(num_requests) < 1:
             raise UsageError(f"num_requests must be >= 1, got {num_requests}")
         if streams is not None and not (str(streams).lower() == "auto" or (str(streams).isdigit()
@@ -182,6 +183,11 @@ class OpenVINORunner(Runner):
         try:
             model = self._core.read_model(path)
         except Exception as exc:
+            from ..artifacts import onnx_problem
+
+            problem = onnx_problem(path)  # OpenVINO's own words for these name its source files
+            if problem is not None:
+                raise UsageError(f"'{path}' is not an ONNX model ({problem})") from exc
             raise UsageError(f"OpenVINO cannot read '{path}': {_first_line(exc)}") from exc
         kind = artifact_kind(model)
         wanted, precision_hint = self._resolve_precision(precision, kind, ov_device)

@@ -28,8 +28,11 @@ class TorchRunner(Runner):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"device '{device}' requested but torch sees no CUDA device "
                              f"(torch {torch.__version__})")
+        from ..options import check_threads
+
+        threads = check_threads(threads)
         if threads:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.precision = precision
         self._autocast = precision == "bf16" and self.device.type == "cpu"
