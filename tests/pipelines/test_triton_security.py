@@ -216,9 +216,10 @@ def test_load_with_garbage_threads_gives_no_wrong_answer_and_bounded_memory(serv
     garbage = triton_load.garbage_requests(photos["astronaut"], MAX_REQUEST_BYTES)
     procs = served.processes()
     warm = triton_load.run_load(served, bytes_model=BYTES_MODEL, tensor_model=TENSOR_MODEL, output="embedding",
-                                photos=photos, references=references, tensors=tensors, garbage=[],
-                                threads=8, garbage_threads=0, duration_s=1.5)
+                                photos=photos, references=references, tensors=tensors, garbage=garbage,
+                                threads=8, garbage_threads=1, duration_s=3.0)  # first-use allocations, garbage too
     assert warm.good_ok > 0 and warm.good_failed == 0 and warm.wrong == 0, warm.summary()
+    assert warm.garbage_accepted == 0, warm.summary()
     before = {k: triton_load.memory_mb(pid) for k, pid in procs.items()}
     res = triton_load.run_load(served, bytes_model=BYTES_MODEL, tensor_model=TENSOR_MODEL, output="embedding",
                                photos=photos, references=references, tensors=tensors, garbage=garbage,

@@ -154,5 +154,5 @@ def test_unreadable_onnx_without_onnx_is_one_usage_error(monkeypatch, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(UsageError, match="is not a readable ONNX file"):
+    with pytest.raises(UsageError, match="is not an ONNX model"):
         artifacts.read_metadata(bad)
