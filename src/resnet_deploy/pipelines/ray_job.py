@@ -15,9 +15,12 @@
   rewritten). ``_job.json`` records the model and the input list: a rerun with other inputs or another
   model is refused instead of mixing rows.
 * Connecting to a cluster (``ray_address``) gives up after ``ray_timeout`` seconds (default 30) with one
-  error, before the output directory is made; Ray is started and connected in a helper thread, so
-  Ctrl-C ends the wait at once. A run that fails or is interrupted before its first part removes the
-  output directory it made.
+  error, before the output directory is made: the address is probed first (nothing listening: the
+  common mistake), then ``ray.init`` runs in a helper thread, since Ray's own connect retries for
+  minutes in C++ where Ctrl-C cannot reach it. A local Ray is started in the main thread (started from
+  another thread, Ray's driver ends the process with status 1 on Ctrl-C instead of raising
+  KeyboardInterrupt). A run that fails or is interrupted before its first part removes the output
+  directory it made.
 """
 
 from __future__ import annotations
@@ -370,7 +373,7 @@ def _init_ray(cfg: RayEmbedConfig) -> bool:
                    f"could not connect to the Ray cluster at '{cfg.ray_address}' within {cfg.ray_timeout:g} s; "
                    "check --ray-address, or wait longer with --ray-timeout")
     else:
-        _in_thread(lambda: ray.init(num_cpus=os.cpu_count() or 1, **kwargs), None, "")
+        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)  # in the main thread: Ctrl-C stays Python's (see below)
     return True
 
 
