@@ -212,3 +212,27 @@ def test_ctrl_c_during_ray_embed(resnet18_onnx, pictures, tmp_path):
 
         read_parts(out)
         assert not list(out.glob("*.tmp"))
+
+
+def test_calibrate_drops_what_it_rewrites_from_the_manifest_first(export_dir, monkeypatch):
+    from resnet_deploy.calibration import stage
+    from resnet_deploy.cli.main import main
+    from resnet_deploy.export.manifest import Manifest
+
+    old = export_dir / "resnet18.int8.onnxruntime.onnx"
+    old.write_bytes(b"INT8 of an earlier calibration")
+    manifest = Manifest.load(export_dir)
+    manifest.add_artifact(old, precision="int8", backend="onnxruntime")
+    manifest.data["parity"]["int8.onnxruntime"] = {"passed": True}
+    manifest.save()
+
+    def killed(*args, **kwargs):  # the new INT8 file is written, then the run ends before the manifest is
+        old.write_bytes(b"INT8 of this calibration")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "run_int8_stage", killed)
+    assert main(["calibrate", str(export_dir / "resnet18.onnx"), "--calib-data", "synthetic",
+                 "--int8-target", "onnxruntime"]) == 130
+    data = json.loads((export_dir / "manifest.json").read_text())
+    assert old.name not in {a["path"] for a in data["artifacts"]} and "int8.onnxruntime" not in data["parity"]
+    assert_manifest_holds(export_dir)
