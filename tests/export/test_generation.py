@@ -178,12 +178,15 @@ def test_engine_always_without_tensorrt_fails_first(tmp_path, no_model, monkeypa
     assert not (tmp_path / "X").exists()
 
 
-def test_output_that_cannot_be_an_export_directory_is_refused_first(tmp_path, no_model):
+def test_output_that_cannot_be_an_export_directory_is_refused_first(tmp_path, no_model, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         export_model(ExportConfig(output_dir=tmp_path / "file", **SMALL))
     with pytest.raises(UsageError, match="is not a directory"):
         export_model(ExportConfig(output_dir=tmp_path / "file" / "sub", **SMALL))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="current directory"):
+        export_model(ExportConfig(output_dir=Path("."), **SMALL))
     (tmp_path / "project" / "src").mkdir(parents=True)
     with pytest.raises(UsageError, match="holds the folder 'src'"):
         export_model(ExportConfig(output_dir=tmp_path / "project", **SMALL))

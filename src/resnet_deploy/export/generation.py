@@ -115,6 +115,10 @@ def check_target(target: Path) -> None:
     """Refuse, before any work, a target that is not a directory an export may replace."""
     if target.exists() and not target.is_dir():
         raise UsageError(f"output '{target}' exists and is not a directory")
+    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"output '{target}' is the current directory or holds it; an export replaces its whole "
+                         "directory: give a subdirectory, e.g. --output exports/NAME")
     for p in foreign_entries(target):
         if p.is_dir() and not p.is_symlink():
             raise UsageError(f"output directory '{target}' holds the folder '{p.name}', which no export wrote; an "
@@ -145,7 +149,7 @@ class Generation:
 
     def __init__(self, target: str | os.PathLike[str]) -> None:
         target = Path(target)
-        self.target = Path(os.path.realpath(target)) if target.is_symlink() else target
+        self.target = Path(os.path.realpath(target)) if target.is_symlink() or not target.name else target
         self.staging = _work_dir(self.target, STAGING)
         self.committed = False
         self._created: list[Path] = []
