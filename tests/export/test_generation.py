@@ -37,7 +37,7 @@ def assert_one_generation(d: Path) -> dict:
     listed = {a["path"] for a in manifest["artifacts"]}
     for a in manifest["artifacts"]:
         assert _sha(d / a["path"]) == a["sha256"], a["path"]
-    models = {p.name for p in d.iterdir() if p.suffix in (".onnx", ".engine")}
+    models = {p.name for p in d.iterdir() if p.suffix in (".onnx", ".engine") and p.name.startswith("resnet18.")}
     assert models <= listed, models - listed
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
     return manifest
@@ -65,12 +65,14 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_reexport_replaces_the_whole_generation(first, tmp_path):
     x = _copy(first, tmp_path / "X")
     (x / "notes.txt").write_text("mine")
+    (x / "other.onnx").write_bytes(b"another model's file")
     before = snapshot(x)
     result = export_model(ExportConfig(output_dir=x, seed=1, **SMALL))  # no --fp16 this time
     manifest = assert_one_generation(x)
     assert not (x / "resnet18.fp16.onnx").exists()  # the stale FP16 went with its generation
     assert "fp16" not in manifest["parity"]
-    assert (x / "notes.txt").read_text() == "mine"  # a file no export wrote is carried over
+    assert (x / "notes.txt").read_text() == "mine"  # files that are not the old generation's are carried over
+    assert (x / "other.onnx").read_bytes() == b"another model's file"
     assert _sha(x / "resnet18.onnx") != before["resnet18.onnx"]
     assert result.output_dir == x and result.onnx_path == x / "resnet18.onnx" and result.manifest.path.parent == x
     assert leftovers(x) == []

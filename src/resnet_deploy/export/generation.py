@@ -14,9 +14,11 @@ filesystem offer it (Linux 3.15+, ext4, xfs, btrfs, tmpfs), and otherwise rename
 aside (``.NAME.old-PID-XXXX``), renames the new one in and removes the old: a kill between those two
 renames leaves the old generation aside, and the next run puts it back before it does anything else.
 
-Files in the target directory that no export writes (notes, a timing cache) are carried into the new
-generation (hard links, else copies); a subdirectory is refused up front (an export replaces its
-whole directory, so ``--output`` must not be a folder of other things).
+Files in the target directory that are not the previous generation's (notes, a timing cache, another
+model's ONNX) are carried into the new generation (hard links, else copies); the previous generation
+is what its manifest lists plus the artifact files of the same model (``resnet18.fp16.onnx`` beside a
+manifest listing ``resnet18.onnx``). A subdirectory is refused up front (an export replaces its whole
+directory, so ``--output`` must not be a folder of other things).
 """
 
 from __future__ import annotations
@@ -107,7 +109,14 @@ def foreign_entries(target: Path) -> list[Path]:
         listed.add(str(entry.get("path")))
         if entry.get("engine_manifest"):
             listed.add(str(entry["engine_manifest"]))
-    return sorted(p for p in target.iterdir() if p.name not in listed and not _GENERATION_FILE.search(p.name)
+    # files of the same model that the manifest does not list (left by a killed pre-staging run, or by
+    # calibrate/build) belong to the old generation too; another model's files are not ours to drop
+    stems = {name.split(".")[0] for name in listed if name != MANIFEST_NAME}
+
+    def ours(name: str) -> bool:
+        return name in listed or (bool(_GENERATION_FILE.search(name)) and name.split(".")[0] in stems)
+
+    return sorted(p for p in target.iterdir() if not ours(p.name)
                   and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
