@@ -189,9 +189,14 @@ def preflight(cfg: ExportConfig) -> None:
         config = _int8_config(cfg)
         config.validate()
         shape, _ = config.calibration_shape(Preprocessing().crop_size)
-        make_source(config.calib_data, Preprocessing(), batch_size=shape[0], size=config.calib_size,
-                    seed=config.seed, shape=shape if config.shape or config.profile_opt_shape else None,
-                    holdout=config.holdout, workers=config.workers)
+        quiet = logging.getLogger("resnet_deploy.calibration.sources")
+        was_disabled, quiet.disabled = quiet.disabled, True  # its advice comes once, from the INT8 stage
+        try:
+            make_source(config.calib_data, Preprocessing(), batch_size=shape[0], size=config.calib_size,
+                        seed=config.seed, shape=shape if config.shape or config.profile_opt_shape else None,
+                        holdout=config.holdout, workers=config.workers)
+        finally:
+            quiet.disabled = was_disabled
     if (cfg.fp16 or cfg.int8) and cfg.engine != "never":
         from ..runtime.tensorrt import BuildConfig, tensorrt_usable
 
