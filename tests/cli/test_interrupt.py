@@ -236,3 +236,16 @@ def test_calibrate_drops_what_it_rewrites_from_the_manifest_first(export_dir, mo
     data = json.loads((export_dir / "manifest.json").read_text())
     assert old.name not in {a["path"] for a in data["artifacts"]} and "int8.onnxruntime" not in data["parity"]
     assert_manifest_holds(export_dir)
+
+
+def test_an_interrupted_program_exits_even_when_a_worker_thread_is_stuck():
+    script = ("import sys, threading, time\n"
+              "from concurrent.futures import ThreadPoolExecutor\n"
+              "from resnet_deploy.cli import main\n"
+              "pool = ThreadPoolExecutor(1)\n"
+              "pool.submit(time.sleep, 3600)  # a decode stuck in a read: joined at interpreter exit\n"
+              "main._exit_promptly_after_interrupt()\n"
+              "sys.exit(130)\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True,
+                          timeout=HUNG_S)
+    assert proc.returncode == 130, proc.stderr
