@@ -7,8 +7,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -18,6 +20,56 @@ from .errors import UsageError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+#: ``.NAME.PID-XXXXXXXX.tmp`` (and, from older versions, ``.NAME.XXXXXXXX.tmp``): what ``atomic_path`` writes.
+_TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[a-z0-9_]{8}\.tmp$")
+_cleaned: set[str] = set()
+_cleaned_lock = threading.Lock()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (ours counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (``.NAME.*.tmp``) that killed runs left in ``directory``: those
+    whose writer process is gone. Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMPORARY.match(p.name)
+        if not m or (m.group(1) is not None and pid_alive(int(m.group(1)))):
+            continue
+        try:
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def _clean_once(directory: Path) -> None:
+    """``remove_stale_temporaries`` the first time this process writes into ``directory``."""
+    key = os.path.realpath(directory)
+    with _cleaned_lock:
+        if key in _cleaned:
+            return
+        _cleaned.add(key)
+    remove_stale_temporaries(directory)
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
@@ -113,10 +165,14 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success."""
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only on success.
+
+    The temporary name carries this process's id (``.NAME.PID-XXXXXXXX.tmp``): the first write of a
+    later run into the same directory removes what a killed run left there."""
     final = Path(final)
     ensure_dir(final.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    _clean_once(final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions

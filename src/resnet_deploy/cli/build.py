@@ -58,6 +58,37 @@ def add_parser(sub, common) -> None:
     p.set_defaults(func=run)
 
 
+def _forget_in_export_manifest(engine: Path):
+    """An engine built into an export directory: first drop the entries it replaces from the directory's
+    manifest (saved before the engine is written, so a killed build leaves a true manifest)."""
+    from ..artifacts import MANIFEST_NAME, engine_manifest_path
+    from ..export.manifest import Manifest
+
+    if not (engine.parent / MANIFEST_NAME).is_file():
+        return None
+    manifest = Manifest.load(engine.parent)
+    dropped = manifest.forget([engine, engine_manifest_path(engine)])
+    if dropped:
+        for entry in dropped:
+            manifest.data.get("parity", {}).pop(f"engine.{entry.get('precision')}", None)
+        manifest.save()
+    return manifest
+
+
+def _list_in_export_manifest(manifest, result, onnx: Path, report) -> None:
+    """List the new engine (and its check, when run) in the export directory's manifest."""
+    from ..artifacts import engine_manifest_path
+
+    m = result.manifest
+    manifest.add_artifact(result.engine, precision=m.precision, backend="tensorrt", role="engine", source=onnx.name,
+                          engine_manifest=engine_manifest_path(result.engine).name, tensorrt=m.tensorrt,
+                          compute_capability=m.compute_capability, build_seconds=result.build_seconds,
+                          profiles=[p.to_dict() for p in m.profiles])
+    if report is not None:
+        manifest.data.setdefault("parity", {})[f"engine.{m.precision}"] = report.to_dict()
+    manifest.save()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..runtime.tensorrt import BuildConfig, build_engine, check_engine, tensorrt_usable
@@ -78,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     usable, reason = tensorrt_usable(cfg.device, purpose="run" if args.check else "build")
     if not usable:
         raise UsageError(f"cannot build a TensorRT engine on this machine: {reason}")
+    manifest = _forget_in_export_manifest(Path(args.output))
     result = build_engine(args.onnx, args.output, cfg)
     report = None
     if args.check:
         report = check_engine(result.engine, args.reference or args.onnx, seed=args.seed)
+    if manifest is not None:
+        _list_in_export_manifest(manifest, result, Path(args.onnx), report)
     if args.json:
         from ..runtime.tensorrt import read_manifest
 

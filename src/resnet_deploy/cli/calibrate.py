@@ -83,6 +83,7 @@ def _calibration_files(spec: str) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calibration.cache import table_path
     from ..calibration.qdq import targets_for
     from ..calibration.stage import CalibrationConfig, record_in_manifest, run_int8_stage
     from ..errors import CheckFailedError, UsageError
@@ -109,9 +110,21 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(paths.values(), [model, *_calibration_files(args.calib_data)])
     stem = model.name[:-len(".onnx")]
     timings: dict[str, float] = {}
+    manifest = Manifest.load(out_dir) if (out_dir / MANIFEST_NAME).is_file() else None
+    if manifest is not None:
+        # an export directory: first drop what this run rewrites from its manifest, then write the files,
+        # then list them again; a run killed in between leaves a manifest that lists only matching files
+        cache = Path(args.cache) if args.cache else out_dir / f"{stem}.int8.calib.json"
+        rewritten = {*paths.values(), *(p.with_name(p.name[:-len(".onnx")] + ".parity.json") for p in paths.values()),
+                     cache, table_path(cache)}
+        if manifest.forget(rewritten):
+            for target in targets:
+                manifest.data.get("parity", {}).pop(f"int8.{target}", None)
+            manifest.data.pop("int8", None)
+            manifest.save()
     res = run_int8_stage(model, None, out_dir, stem, config, timings, artifact_paths=paths)
 
-    manifest = Manifest.load(out_dir) if (out_dir / MANIFEST_NAME).is_file() else Manifest(out_dir)
+    manifest = manifest or Manifest(out_dir)
     record_in_manifest(res, manifest, source_name=str(model))
     manifest.data.setdefault("timings_s", {}).update({f"int8: {k}": v for k, v in timings.items()})
     manifest.save()

@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray (Ray Data actors)")
     g.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     g.add_argument("--num-actors", type=options.positive_int, default=None, help="Ray actors (default: one per GPU, else 1)")
+    g.add_argument("--ray-timeout", type=options.positive_float, default=None, metavar="SECONDS",
+                   help="give up connecting to the cluster at --ray-address after SECONDS (default 30)")
     p.set_defaults(func=run)
 
 
@@ -51,9 +53,10 @@ def _run_ray(args: argparse.Namespace) -> int:
     from ..pipelines.embedder import default_device
     from ..pipelines.ray_job import run_ray_embed
 
+    extra = {} if args.ray_timeout is None else {"ray_timeout": args.ray_timeout}  # default: the job's own (30 s)
     result = run_ray_embed(args.model, args.inputs, args.output, backend=args.backend, batch_size=args.batch_size,
                            num_actors=args.num_actors, ray_address=args.ray_address,
-                           device=default_device(args.model, args.device))
+                           device=default_device(args.model, args.device), **extra)
     if isinstance(result, dict):
         for key, value in result.items():
             print(f"{key}: {value}")
@@ -65,8 +68,8 @@ def _run_ray(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         return _run_ray(args)
-    if args.num_actors is not None or args.ray_address is not None:
-        raise UsageError("--num-actors and --ray-address apply to --executor ray")
+    if args.num_actors is not None or args.ray_address is not None or args.ray_timeout is not None:
+        raise UsageError("--num-actors, --ray-address and --ray-timeout apply to --executor ray")
     cfg = EmbedConfig(model=args.model, inputs=args.inputs, output=args.output, fmt=args.fmt, backend=args.backend,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                       precision=args.precision, resume=not args.overwrite, checkpoint_every=args.checkpoint_every)

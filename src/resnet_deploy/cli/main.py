@@ -112,7 +112,37 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+#: After Ctrl-C, the seconds a program run may spend winding down (joining worker threads that are
+#: inside a long C call) before it exits anyway.
+INTERRUPT_GRACE_S = 3.0
+
+
+def _exit_promptly_after_interrupt() -> None:
+    """A program run that was interrupted ends within ``INTERRUPT_GRACE_S`` even when a worker thread is
+    stuck (interpreter shutdown joins every pool thread), and a second Ctrl-C ends it at once. Only for
+    the console scripts: a library caller or a test keeps its process."""
+    import os
+    import signal
+    import threading
+
+    def now(*_: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    try:
+        signal.signal(signal.SIGINT, now)
+    except ValueError:  # not the main thread
+        pass
+    timer = threading.Timer(INTERRUPT_GRACE_S, now)
+    timer.daemon = True
+    timer.start()
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None, program: bool = False) -> int:
     try:
         args = parser.parse_args(argv)
     except ResnetDeployError as exc:  # raised by an argument's type
@@ -137,20 +167,23 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if program:
+            _exit_promptly_after_interrupt()
         return 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    return _run(build_parser(argv), argv)
+    return _run(build_parser(argv), argv, program=program)
 
 
 def export_main(argv: list[str] | None = None) -> int:
     """``resnet-export ...`` is ``resnet-deploy export ...``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("--version",):
-        return main(argv)
-    return main(["export", *argv])
+    program = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    full = argv if argv and argv[0] in ("--version",) else ["export", *argv]
+    return _run(build_parser(full), full, program=program)
 
 
 if __name__ == "__main__":  # pragma: no cover

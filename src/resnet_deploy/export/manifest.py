@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .._io import sha256_file, write_json
 from ..artifacts import MANIFEST_NAME, read_manifest
@@ -45,6 +45,17 @@ class Manifest:
                  "sha256": sha256_file(p), "size_bytes": p.stat().st_size, **extra}
         self.data["artifacts"] = [a for a in self.data.get("artifacts", []) if a.get("path") != rel] + [entry]
         return entry
+
+    def forget(self, paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+        """Drop the entries of these files (about to be rewritten); returns the dropped entries. Save
+        before rewriting the files, so a run killed in between leaves a manifest that lists only files
+        whose sha256 it records."""
+        targets = {Path(p).resolve() for p in paths}
+        keep, dropped = [], []
+        for a in self.data.get("artifacts", []):
+            (dropped if (self.directory / a["path"]).resolve() in targets else keep).append(a)
+        self.data["artifacts"] = keep
+        return dropped
 
     def artifacts(self, *, role: str | None = None, precision: str | None = None) -> list[dict[str, Any]]:
         return [a for a in self.data.get("artifacts", [])

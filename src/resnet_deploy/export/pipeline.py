@@ -3,10 +3,16 @@
 Each stage is a small function; ``export_model`` runs them in order, records their timings and
 results in ``manifest.json`` and returns an ``ExportResult``. A failed parity check raises
 ``CheckFailedError`` (exit 1) after the artifacts and the manifest are written, for inspection.
+
+Everything that can be checked without the model (options, calibration data, the output directory,
+a usable TensorRT for ``--engine always``) is checked first (``preflight``). The stages then write
+into a staging directory that replaces the output directory only when the run is complete
+(``resnet_deploy.export.generation``): an export directory always holds one generation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import ensure_dir
 from ..artifacts import engine_manifest_path
 from ..errors import CheckFailedError, UsageError
 from ..models import create_model, resolve_variant
@@ -23,6 +28,7 @@ from ..models.heads import wrap_head
 from ..parity import ParityReport, Tolerances, compare, seeded_inputs, tolerances_for
 from ..progress import stage
 from .dynamic import make_dynamic
+from .generation import Generation, check_target
 from ..versions import package_versions
 from .manifest import Manifest
 from ..shapes import MIN_SPATIAL, parse_shape
@@ -160,17 +166,85 @@ def _metadata(cfg: ExportConfig, spec: Any, winfo: Any, num_classes: int, out_di
     }
 
 
-def export_model(cfg: ExportConfig) -> ExportResult:
-    """Run the whole export. Raises UsageError for bad input, CheckFailedError when parity fails."""
+def _int8_config(cfg: ExportConfig) -> Any:
+    """``cfg.int8_options`` as the ``CalibrationConfig`` the INT8 stage runs."""
+    from ..calibration import CalibrationConfig
+
+    defaults: dict[str, Any] = {"seed": cfg.seed}
+    opts = cfg.engine_options.get("opt_shapes")
+    if opts and "profile_opt_shape" not in cfg.int8_options:
+        defaults["profile_opt_shape"] = parse_shape(opts[0])  # calibrate at the first profile's opt shape
+    return CalibrationConfig.from_options(dict(cfg.int8_options), **defaults)
+
+
+def preflight(cfg: ExportConfig) -> None:
+    """Every check that needs no model, before any slow stage and before anything is written: the
+    options, the engine options (and a usable TensorRT for ``--engine always``), the calibration
+    options and data (listed, not decoded) and the output directory."""
     cfg.validate()
-    existed = cfg.resolved_output_dir().exists()
-    out = ensure_dir(cfg.resolved_output_dir())
-    try:
-        return _export(cfg, out)
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # failed before writing anything: leave no empty directory behind
-        raise
+    if cfg.int8:
+        from ..calibration.sources import make_source
+        from ..models.transforms import Preprocessing
+
+        config = _int8_config(cfg)
+        config.validate()
+        shape, _ = config.calibration_shape(Preprocessing().crop_size)
+        quiet = logging.getLogger("resnet_deploy.calibration.sources")
+        was_disabled, quiet.disabled = quiet.disabled, True  # its advice comes once, from the INT8 stage
+        try:
+            make_source(config.calib_data, Preprocessing(), batch_size=shape[0], size=config.calib_size,
+                        seed=config.seed, shape=shape if config.shape or config.profile_opt_shape else None,
+                        holdout=config.holdout, workers=config.workers)
+        finally:
+            quiet.disabled = was_disabled
+    if (cfg.fp16 or cfg.int8) and cfg.engine != "never":
+        from ..runtime.tensorrt import BuildConfig, tensorrt_usable
+
+        bcfg = BuildConfig.from_options(**dict(cfg.engine_options))
+        bcfg.validate()
+        if cfg.engine == "always":
+            usable, reason = tensorrt_usable(bcfg.device)
+            if not usable:
+                raise UsageError(f"--engine always, but no engine can be built here: {reason}")
+    check_target(cfg.resolved_output_dir())
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    """Run the whole export. Raises UsageError for bad input, CheckFailedError when parity fails.
+
+    The artifacts are written into a staging directory beside the output directory, which replaces
+    it only when the run is complete (also when parity failed: the manifest says so). A run that
+    fails, is interrupted or killed leaves the previous export as it was."""
+    preflight(cfg)
+    with Generation(cfg.resolved_output_dir()) as gen:
+        if cfg.int8 and "cache" not in cfg.int8_options:
+            gen.carry([f"{cfg.stem}.int8.calib.json", f"{cfg.stem}.int8.calib.cache"])  # reused when it fits
+        staged = dataclasses.replace(
+            cfg, output_dir=gen.staging,
+            int8_options={k: (gen.staged(v) if k == "cache" else v) for k, v in cfg.int8_options.items()},
+            engine_options={k: (gen.staged(v) if k == "timing_cache" else v) for k, v in cfg.engine_options.items()})
+        result = _export(staged, gen.staging)
+        gen.commit()
+    result = _relocate(result, gen.staging, gen.target)
+    if not result.passed:
+        failed = [k for k, r in result.parity.items() if not r.passed and k not in result.informational]
+        raise CheckFailedError(f"parity check failed for {', '.join(failed)}; artifacts kept in '{gen.target}' for "
+                               f"inspection (see manifest.json)")
+    return result
+
+
+def _relocate(result: ExportResult, staging: Path, target: Path) -> ExportResult:
+    """The result with its paths moved from the staging directory to the output directory."""
+    def moved(p: Path) -> Path:
+        try:
+            return target / Path(p).relative_to(staging)
+        except ValueError:
+            return Path(p)
+
+    result.output_dir = target
+    result.manifest.directory = target
+    result.artifacts = {k: moved(v) for k, v in result.artifacts.items()}
+    return result
 
 
 def _export(cfg: ExportConfig, out: Path) -> ExportResult:
@@ -223,11 +297,7 @@ def _export(cfg: ExportConfig, out: Path) -> ExportResult:
         int8_stage(cfg, result, module, timings)
     if cfg.fp16 or cfg.int8:
         engine_stage(cfg, result, timings)
-    manifest.save()
-    if not result.passed:
-        failed = [k for k, r in result.parity.items() if not r.passed and k not in result.informational]
-        raise CheckFailedError(f"parity check failed for {', '.join(failed)}; artifacts kept in '{out}' for "
-                               f"inspection (see manifest.json)")
+    manifest.save()  # the last write: the manifest lists only what is there
     return result
 
 
@@ -264,13 +334,9 @@ def _fp16_stage(cfg: ExportConfig, result: ExportResult, module: Any, layout: st
 def int8_stage(cfg: ExportConfig, result: ExportResult, module: Any, timings: dict) -> None:
     """INT8: ``cfg.int8_options`` -> ``CalibrationConfig``; Q/DQ ONNX per target, the calibration cache
     and parity on held-out images, recorded as ``int8.<target>`` in ``result`` and the manifest."""
-    from ..calibration import CalibrationConfig, record_in_manifest, run_int8_stage
+    from ..calibration import record_in_manifest, run_int8_stage
 
-    defaults: dict[str, Any] = {"seed": cfg.seed}
-    opts = cfg.engine_options.get("opt_shapes")
-    if opts and "profile_opt_shape" not in cfg.int8_options:
-        defaults["profile_opt_shape"] = parse_shape(opts[0])  # calibrate at the first profile's opt shape
-    config = CalibrationConfig.from_options(dict(cfg.int8_options), **defaults)
+    config = _int8_config(cfg)
     res = run_int8_stage(result.artifacts["fp32"], module, result.output_dir, cfg.stem, config, timings)
     record_in_manifest(res, result.manifest, source_name=result.artifacts["fp32"].name)
     random_weights = not result.manifest.data.get("weights", {}).get("meaningful", True)

@@ -346,8 +346,11 @@ def preprocess_many(items: Iterable[ImageSource], prep: Preprocessing, workers: 
     if workers == 1 or len(items) == 1:
         arrays = [fn(x, prep, max_pixels=max_pixels) for x in items]
     else:
-        with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="decode") as pool:
+        pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="decode")
+        try:
             arrays = list(pool.map(lambda x: fn(x, prep, max_pixels=max_pixels), items))
+        finally:  # on an error or Ctrl-C, the images not started yet are not decoded
+            pool.shutdown(wait=True, cancel_futures=True)
     return np.stack(arrays)
 
 

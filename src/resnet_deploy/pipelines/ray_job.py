@@ -14,6 +14,13 @@
 * A rerun writes only the parts that are missing (a job killed halfway is completed; a deleted part is
   rewritten). ``_job.json`` records the model and the input list: a rerun with other inputs or another
   model is refused instead of mixing rows.
+* Connecting to a cluster (``ray_address``) gives up after ``ray_timeout`` seconds (default 30) with one
+  error, before the output directory is made: the address is probed first (nothing listening: the
+  common mistake), then ``ray.init`` runs in a helper thread, since Ray's own connect retries for
+  minutes in C++ where Ctrl-C cannot reach it. A local Ray is started in the main thread (started from
+  another thread, Ray's driver ends the process with status 1 on Ctrl-C instead of raising
+  KeyboardInterrupt). A run that fails or is interrupted before its first part removes the output
+  directory it made.
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +49,8 @@ JOB_SCHEMA = "resnet-deploy.ray-embed/1"
 PART_SCHEMA = "resnet-deploy.embeddings/1"  # the schema of pipelines.store, so read_embeddings reads a part
 LIST_SUFFIXES = (".txt", ".lst")
 DECODE_WORKER_BYTES = 320 << 20  # what a decode worker holds besides its batch (Python, numpy, PIL, torch)
+#: Seconds to wait for a Ray cluster at ``--ray-address`` (``--ray-timeout``).
+DEFAULT_RAY_TIMEOUT = 30.0
 
 
 def part_name(index: int) -> str:
@@ -172,6 +185,7 @@ class RayEmbedConfig:
     decode_batch_size: int = 16
     decode_cpus: float = 1.0  # per decode task
     actor_cpus: float = 1.0  # per inference actor (its runner may use more threads)
+    ray_timeout: float = DEFAULT_RAY_TIMEOUT  # seconds to reach the cluster at ray_address
 
     def validate(self) -> None:
         for name in ("batch_size", "rows_per_part", "decode_batch_size"):
@@ -179,6 +193,9 @@ class RayEmbedConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.num_actors is not None and self.num_actors < 1:
             raise UsageError(f"--num-actors must be >= 1, got {self.num_actors}")
+        if not (isinstance(self.ray_timeout, (int, float)) and math.isfinite(self.ray_timeout)
+                and self.ray_timeout > 0):
+            raise UsageError(f"--ray-timeout must be a positive number of seconds, got {self.ray_timeout}")
 
 
 @dataclass
@@ -267,6 +284,73 @@ def write_part(path: Path, paths: list[str], rows: np.ndarray, meta: dict[str, A
         pq.write_table(table, tmp)
 
 
+def _address_host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of a Ray address (``ray://`` client addresses too); None for ``auto``/``local``."""
+    text = address.split("://", 1)[1] if "://" in address else address
+    text = text.rstrip("/")
+    if text in ("auto", "local") or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise UsageError(f"bad --ray-address '{address}': expected HOST:PORT (or ray://HOST:PORT)") from None
+
+
+def _wait_reachable(address: str, deadline: float, timeout: float) -> None:
+    """Wait until something listens at ``address`` (Ray's own connect retries for minutes and cannot be
+    interrupted), or raise UsageError at ``deadline``."""
+    hp = _address_host_port(address)
+    if hp is None:
+        return
+    reason = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection(hp, timeout=max(0.1, min(2.0, left))):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() + 0.5 >= deadline:
+            raise UsageError(f"cannot reach the Ray cluster at '{address}' within {timeout:g} s ({reason.lower()}); "
+                             "check --ray-address, or wait longer with --ray-timeout")
+        time.sleep(0.5)
+
+
+def _in_thread(fn: Any, deadline: float | None, what: str) -> Any:
+    """Run ``fn`` in a daemon thread; the caller waits in short slices, so Ctrl-C ends the wait at once.
+    UsageError when ``deadline`` (time.monotonic) passes first."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="ray-init", daemon=True).start()
+    while not done.wait(0.1):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise UsageError(what)
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, (UsageError, KeyboardInterrupt)):
+            raise exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"Ray did not start: {first}") from exc
+    return box.get("value")
+
+
+class _NotMainThread(logging.Filter):
+    """Ray warns that it sets no SIGTERM handler when it is started outside the main thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not the main thread" not in record.getMessage()
+
+
 def _init_ray(cfg: RayEmbedConfig) -> bool:
     """Connect to Ray; returns True when this call started it (and must shut it down)."""
     ray = require("ray", "resnet-deploy embed --executor ray", "ray")
@@ -274,31 +358,38 @@ def _init_ray(cfg: RayEmbedConfig) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": log.isEnabledFor(logging.DEBUG)}
+    for name in ("ray", "ray._private.worker"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotMainThread) for f in logger.filters):
+            logger.addFilter(_NotMainThread())
     if cfg.ray_address:
         import resnet_deploy
 
         # ship this package's code to the cluster's workers (its dependencies must be installed there)
         kwargs["runtime_env"] = {"py_modules": [str(Path(resnet_deploy.__file__).parent)]}
-        ray.init(address=cfg.ray_address, **kwargs)
+        deadline = time.monotonic() + float(cfg.ray_timeout)
+        _wait_reachable(cfg.ray_address, deadline, float(cfg.ray_timeout))
+        _in_thread(lambda: ray.init(address=cfg.ray_address, **kwargs), deadline,
+                   f"could not connect to the Ray cluster at '{cfg.ray_address}' within {cfg.ray_timeout:g} s; "
+                   "check --ray-address, or wait longer with --ray-timeout")
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)  # in the main thread: Ctrl-C stays Python's (see below)
     return True
 
 
 def run_ray_embed(model: str, inputs: Any, output: str | os.PathLike[str], *, backend: str = "auto",
                   batch_size: int = 32, num_actors: int | None = None, ray_address: str | None = None,
-                  device: str = "cpu", rows_per_part: int = 1024, decode_batch_size: int = 16) -> dict[str, Any]:
+                  device: str = "cpu", rows_per_part: int = 1024, decode_batch_size: int = 16,
+                  ray_timeout: float = DEFAULT_RAY_TIMEOUT) -> dict[str, Any]:
     """Embed ``inputs`` with ``model`` on Ray into Parquet parts under the directory ``output``; returns
     the summary (parts written and skipped, rows, broken files). See the module docstring."""
     cfg = RayEmbedConfig(model=str(model), inputs=inputs, output=Path(output), backend=backend,
                          batch_size=batch_size, num_actors=num_actors, ray_address=ray_address, device=device,
-                         rows_per_part=rows_per_part, decode_batch_size=decode_batch_size)
+                         rows_per_part=rows_per_part, decode_batch_size=decode_batch_size, ray_timeout=ray_timeout)
     return embed_on_ray(cfg).to_dict()
 
 
 def embed_on_ray(cfg: RayEmbedConfig) -> RaySummary:
-    import time
-
     cfg.validate()
     require("pyarrow.parquet", "Parquet embedding parts", "parquet")
     if not os.path.isfile(cfg.model) and any(cfg.model.endswith(s) for s in (".onnx", ".engine", ".plan")):
@@ -309,27 +400,34 @@ def embed_on_ray(cfg: RayEmbedConfig) -> RaySummary:
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output '{out}' is a file; with --executor ray it is a directory of Parquet parts")
-    ensure_dir(out)
-    prep, uint8 = _model_facts(cfg)
     n = cfg.rows_per_part
     parts = [paths[i:i + n] for i in range(0, len(paths), n)]
-    record = {"schema": JOB_SCHEMA, "model": cfg.model, "model_id": _model_identity(cfg.model),
-              "backend": cfg.backend, "inputs": len(paths),
-              "inputs_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
-              "rows_per_part": n, "parts": len(parts), "preprocessing": prep}
-    _check_job(out, record)
     todo = [i for i in range(len(parts)) if not (out / part_name(i)).is_file()]
-    summary = RaySummary(out, len(parts), 0, len(parts) - len(todo), 0, len(paths))
-    for i in range(len(parts)):
-        if i not in todo:
-            summary.broken.extend(_existing_broken(out / part_name(i)))
-    if not todo:
-        log.info("%s: all %d parts are written already", out, len(parts))
-        return summary
     t0 = time.perf_counter()
-    started = _init_ray(cfg)
+    started = _init_ray(cfg) if todo else False  # first: a failed connect loads nothing and leaves nothing
+    created = not out.exists()
     try:
+        prep, uint8 = _model_facts(cfg)
+        record = {"schema": JOB_SCHEMA, "model": cfg.model, "model_id": _model_identity(cfg.model),
+                  "backend": cfg.backend, "inputs": len(paths),
+                  "inputs_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+                  "rows_per_part": n, "parts": len(parts), "preprocessing": prep}
+        ensure_dir(out)
+        _check_job(out, record)
+        summary = RaySummary(out, len(parts), 0, len(parts) - len(todo), 0, len(paths))
+        for i in range(len(parts)):
+            if i not in todo:
+                summary.broken.extend(_existing_broken(out / part_name(i)))
+        if not todo:
+            log.info("%s: all %d parts are written already", out, len(parts))
+            return summary
         _run_pipeline(cfg, parts, todo, prep, uint8, record, summary)
+    except BaseException:
+        if created and out.is_dir() and not any(out.glob("part-*.parquet")):
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # nothing embedded yet: leave no directory behind
+        raise
     finally:
         if started:
             import ray

@@ -409,6 +409,8 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
         t0 = time.perf_counter()
         serialized = builder.build_serialized_network(network, bconfig)
         seconds = round(time.perf_counter() - t0, 2)
+    if serialized is None and monitor.cancelled:
+        raise KeyboardInterrupt  # Ctrl-C during the build: the monitor cancelled it; the CLI exits 130
     if serialized is None:
         errors = "; ".join(trt_logger(trt).errors[-3:]) or "no error message (run with -v for TensorRT's log)"
         reason = "cancelled" if monitor.cancelled else "failed"
