@@ -185,7 +185,7 @@ def test_ray_unreachable_cluster_times_out_with_one_line_and_leaves_nothing(resn
     assert not out.exists()
     bad = cli("embed", "--model", resnet18_onnx, pictures, "--output", out, "--executor", "ray",
               "--ray-timeout", "nan")
-    assert bad.returncode == 2 and "--ray-timeout must be a positive number" in bad.stderr
+    assert bad.returncode == 2 and "--ray-timeout: must be a finite number > 0" in bad.stderr
 
 
 def test_ctrl_c_while_waiting_for_a_ray_cluster(resnet18_onnx, pictures, tmp_path):

@@ -231,7 +231,10 @@ def test_load_with_garbage_threads_gives_no_wrong_answer_and_bounded_memory(serv
     assert res.garbage_accepted == 0, summary
     for name in (BYTES_MODEL, TENSOR_MODEL):  # garbage requests are at most MAX_REQUEST_BYTES each
         assert after[name]["anon"] <= 1.10 * before[name]["anon"], (name, before[name], after[name])
-        assert after[name]["rss"] <= 1.10 * before[name]["rss"] + 2 * MAX_REQUEST_BYTES / 2**20, (name, before, after)
+        # RSS also counts Triton's shared-memory pool, which holds the requests in flight at once (at most
+        # one per client thread, each at most MAX_REQUEST_BYTES); the private memory above is the leak check
+        pool = 8 * MAX_REQUEST_BYTES / 2**20
+        assert after[name]["rss"] <= 1.10 * before[name]["rss"] + pool, (name, before, after)
     assert _ready(served, BYTES_MODEL) and _ready(served, TENSOR_MODEL)
 
 
