@@ -453,13 +453,20 @@ def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[s
 # -- layers kept in higher precision ---------------------------------------------------------------
 
 def quantized_layers(model: Any) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes of a Q/DQ model that take a dequantized input (the layers
-    that run in INT8), in graph order."""
+    """Names of the Conv/Gemm/MatMul nodes of a Q/DQ model that run in INT8 (their weight comes
+    through a DequantizeLinear), in graph order."""
     producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+
+    def dq(tensor: str) -> bool:
+        return producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear"
+
     names = []
     for n in model.graph.node:
-        if n.op_type in WEIGHTED_OPS and any(producers.get(i) is not None and
-                                             producers[i].op_type == "DequantizeLinear" for i in n.input):
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
+            continue
+        # an int8 weight; or, for a product of two activations, a quantized first input
+        if dq(n.input[1]) or (n.input[1] not in inits and dq(n.input[0])):
             names.append(n.name)
     return names
 
