@@ -171,6 +171,15 @@ def test_float_layers_takes_a_layer_out_of_int8(r18_qdq, target, dtype):
     if dtype == "float16":
         producers = {o: n for n in mixed.graph.node for o in n.output}
         assert producers[node.input[0]].op_type == "Cast"
+    # the onnxruntime flavour's way: the layer reads the dequantized input, so its producer still has
+    # its output read by the Q alone (ONNX Runtime's INT8 fusion needs that)
+    conv = next(n for n in layers if "Conv" in n)
+    kept = float_layers(model, [conv], dtype=dtype, quantized_inputs=True)
+    node = next(n for n in kept.graph.node if n.name == conv)
+    producers = {o: n for n in kept.graph.node for o in n.output}
+    first = producers[node.input[0]]
+    assert (first.op_type == "DequantizeLinear") or (dtype == "float16" and first.op_type == "Cast" and
+                                                     producers[first.input[0]].op_type == "DequantizeLinear")
     # every layer out of INT8: closer to FP32 (the Q/DQ pairs other ops read, on the residual adds and
     # pools, stay: in the onnxruntime flavour every Conv output is still quantized for its consumers)
     all_float = float_layers(model, layers, dtype=dtype)

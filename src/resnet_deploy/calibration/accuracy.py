@@ -142,9 +142,11 @@ class Sensitivity:
     layers: list[dict[str, Any]]  # most sensitive first: {layer, op, mean_abs, centered_cosine, gain}
     dtype: str = "float32"
     num_images: int = 0
+    quantized_inputs: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": METRIC, "int8_error": self.int8_error, "float_dtype": self.dtype,
+                "inputs": "quantized (the producer's Q/DQ)" if self.quantized_inputs else "float",
                 "heldout_images": self.num_images, "layers": self.layers}
 
     def order(self) -> list[str]:
@@ -164,10 +166,11 @@ class Sensitivity:
         return "\n".join(lines)
 
 
-def sensitivity(int8_model: Any, scorer: HeldoutScorer, *, dtype: str = "float32",
+def sensitivity(int8_model: Any, scorer: HeldoutScorer, *, dtype: str = "float32", quantized_inputs: bool = False,
                 progress: bool = True) -> Sensitivity:
     """For each quantized layer of ``int8_model`` (an ``onnx.ModelProto``), the held-out logit error
-    with only that layer unquantized; sorted most sensitive (largest gain) first."""
+    with only that layer unquantized (``qdq.float_layers``); sorted most sensitive (largest gain)
+    first."""
     from ..progress import track
 
     ops = {n.name: n.op_type for n in int8_model.graph.node}
@@ -176,12 +179,13 @@ def sensitivity(int8_model: Any, scorer: HeldoutScorer, *, dtype: str = "float32
     rows = []
     it = track(layers, total=len(layers), desc="sensitivity", unit="layer") if progress else layers
     for name in it:
-        s = scorer.score(float_layers(int8_model, [name], dtype=dtype))
+        s = scorer.score(float_layers(int8_model, [name], dtype=dtype, quantized_inputs=quantized_inputs))
         rows.append({"layer": name, "op": ops[name], "mean_abs": s["mean_abs"],
                      "centered_cosine": s["centered_cosine"], "top1": s["top1"],
                      "gain": base["mean_abs"] - s["mean_abs"]})
     rows.sort(key=lambda r: (-r["gain"], r["layer"]))
-    return Sensitivity(int8_error=base, layers=rows, dtype=dtype, num_images=scorer.num_images)
+    return Sensitivity(int8_error=base, layers=rows, dtype=dtype, num_images=scorer.num_images,
+                       quantized_inputs=quantized_inputs)
 
 
 @dataclass
@@ -209,11 +213,12 @@ def mixed_precision(int8_model: Any, sens: Sensitivity, scorer: HeldoutScorer, *
     if (target_error is None) == (keep_float is None):
         raise UsageError("mixed precision takes one of --target-error E or --keep-float K")
     order = sens.order()
+    qi = sens.quantized_inputs
     if keep_float is not None:
         if keep_float < 0:
             raise UsageError(f"--keep-float must be >= 0, got {keep_float}")
         kept = order[:keep_float]
-        model = float_layers(int8_model, kept, dtype=dtype) if kept else int8_model
+        model = float_layers(int8_model, kept, dtype=dtype, quantized_inputs=qi) if kept else int8_model
         err = scorer.score(model)
         return MixedPrecision(kept=kept, dtype=dtype, error=err, keep_float=keep_float,
                               steps=[{"kept": len(kept), "mean_abs": err["mean_abs"],
@@ -228,7 +233,7 @@ def mixed_precision(int8_model: Any, sens: Sensitivity, scorer: HeldoutScorer, *
         if err["mean_abs"] <= target_error:
             break
         kept.append(name)
-        model = float_layers(int8_model, kept, dtype=dtype)
+        model = float_layers(int8_model, kept, dtype=dtype, quantized_inputs=qi)
         err = scorer.score(model)
         steps.append({"kept": len(kept), "layer": name, "mean_abs": err["mean_abs"],
                       "centered_cosine": err["centered_cosine"]})

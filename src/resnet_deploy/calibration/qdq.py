@@ -486,11 +486,18 @@ def _dequantize_initializer(dq: Any, inits: dict[str, Any]) -> np.ndarray:
     return ((q - zp) * scale).astype(np.float32)
 
 
-def float_layers(model: Any, names: set[str] | list[str], *, dtype: str = "float32") -> Any:
+def float_layers(model: Any, names: set[str] | list[str], *, dtype: str = "float32",
+                 quantized_inputs: bool = False) -> Any:
     """A copy of Q/DQ ``model`` where the layers ``names`` (node names) run unquantized: their
     dequantized weights become float initializers and their activation inputs skip the Q/DQ pair
     (which stays for its other consumers). ``dtype="float16"`` runs them in FP16 (Casts around the
-    layer, FP16 weights), what the tensorrt flavour keeps. Q/DQ nodes left without consumers go."""
+    layer, FP16 weights), what the tensorrt flavour keeps. Q/DQ nodes left without consumers go.
+
+    ``quantized_inputs``: the layers read the dequantized activation (the value their producer's
+    Q/DQ writes) instead of the float tensor before the Q. The onnxruntime flavour uses it: ONNX
+    Runtime fuses ``DQ -> Conv -> Q`` into an INT8 Conv only when the Conv's output feeds the Q
+    alone, so a second, float reader of that output pushes the producer out of INT8 as well
+    (ResNet-18 at 64 px, one layer kept that way: 7.7x slower)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -531,7 +538,8 @@ def float_layers(model: Any, names: set[str] | list[str], *, dtype: str = "float
                 node.input[idx] = new_name
                 continue
             q = producers.get(src.input[0])
-            base = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src.output[0]
+            base = q.input[0] if q is not None and q.op_type == "QuantizeLinear" and not quantized_inputs \
+                else src.output[0]
             if base != src.output[0] and _clamps_at_zero(q, inits):
                 # ONNX Runtime's quantizer folds a ReLU into a uint8 Q with zero point 0 (the Q clamps
                 # negatives): the float tensor before the Q is the pre-ReLU value, so put the ReLU back

@@ -241,7 +241,7 @@ def _sensitivity_and_mixed(config: CalibrationConfig, target: str, path: Path, m
     dtype = "float16" if target == "tensorrt" else "float32"
     with stage(f"per-layer sensitivity ({target} flavour, layers in {dtype}) on {sc.num_images} held-out images",
                timings):
-        sens = sensitivity(model, sc, dtype=dtype)
+        sens = sensitivity(model, sc, dtype=dtype, quantized_inputs=target == "onnxruntime")
     result.sensitivity[target] = sens
     result.notes.append(f"{target} flavour: INT8 held-out error {sens.int8_error['mean_abs']:.4g}; most sensitive "
                         "layers (error with only that layer in " + dtype + "): " + ", ".join(
