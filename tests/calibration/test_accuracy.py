@@ -202,7 +202,7 @@ def test_sensitivity_cli_writes_json_chart_and_table(resnet18_fp32, tmp_path, ca
     png = out.with_name("r18.int8.sensitivity.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report["layers"]
-    assert len(rows) == 20 and report["float_dtype"] == "float16" and report["heldout_images"] == 8
+    assert len(rows) == 20 and report["float_dtype"] == "float16" and report["scored_images"] == 8
     gains = [r["gain"] for r in rows]
     assert gains == sorted(gains, reverse=True)  # most sensitive first
     assert all(r["gain"] == pytest.approx(report["int8_error"]["mean_abs"] - r["mean_abs"]) for r in rows)
@@ -251,3 +251,17 @@ def test_export_keep_float_uses_fp16_in_the_tensorrt_flavour(tmp_path):
     assert len(kept) == 2 and all(n.op_type == "Conv" for n in kept)
     casts = [n for n in model.graph.node if n.op_type == "Cast"]
     assert len(casts) == 4  # into and out of FP16 around each kept layer
+
+
+def test_auto_scores_on_held_out_plus_unused_images(tiny_resnet, tmp_path, make_images):
+    fp32, _ = tiny_resnet
+    make_images(tmp_path / "imgs", 30)
+    src = make_source(tmp_path / "imgs", _prep(fp32), batch_size=4, size=8, holdout=4)
+    assert src.num_images == 8 and src.heldout.num_images == 4 and src.spare.num_images == 18
+    assert not set(src.spare.items) & (set(src.items) | set(src.heldout.items))  # never calibrated on
+    res = run_int8_stage(fp32, None, tmp_path / "out", "tiny",
+                         CalibrationConfig(calib_data=str(tmp_path / "imgs"), calib_size=8, holdout=4, batch_size=4,
+                                           target="onnxruntime", score_images=12))
+    assert res.calibration["selection"]["scored_images"] == 12
+    assert any("scored on 12 images never calibrated on (4 held out + 8 unused" in n for n in res.notes)
+    assert sum(m.shape[0] for m in res.parity["onnxruntime"].results) == 4  # parity stays on the held-out images

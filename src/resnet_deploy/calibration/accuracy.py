@@ -99,8 +99,11 @@ class MethodChoice:
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {mean_abs, centered_cosine, ...}
     targets: list[str] = field(default_factory=list)
 
+    scored_images: int = 0
+
     def to_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "metric": METRIC, "targets": self.targets, "scores": self.scores}
+        return {"chosen": self.chosen, "metric": METRIC, "targets": self.targets, "scored_images": self.scored_images,
+                "scores": self.scores}
 
 
 def choose_method(prepared: str | os.PathLike[str], stats: Statistics, method: MethodConfig, targets: Sequence[str],
@@ -129,7 +132,8 @@ def choose_method(prepared: str | os.PathLike[str], stats: Statistics, method: M
             log.info("auto calibration: %s scores %.5f (centered cosine %.5f)", m, scores[m]["mean_abs"],
                      scores[m]["centered_cosine"])
     chosen = min(candidates, key=lambda m: _rank_key(scores[m]))
-    return MethodChoice(chosen=chosen, ranges=all_ranges[chosen], scores=scores, targets=list(targets))
+    return MethodChoice(chosen=chosen, ranges=all_ranges[chosen], scores=scores, targets=list(targets),
+                        scored_images=scorer.num_images)
 
 
 # -- sensitivity and mixed precision --------------------------------------------------------------
@@ -147,7 +151,7 @@ class Sensitivity:
     def to_dict(self) -> dict[str, Any]:
         return {"metric": METRIC, "int8_error": self.int8_error, "float_dtype": self.dtype,
                 "inputs": "quantized (the producer's Q/DQ)" if self.quantized_inputs else "float",
-                "heldout_images": self.num_images, "layers": self.layers}
+                "scored_images": self.num_images, "layers": self.layers}
 
     def order(self) -> list[str]:
         return [r["layer"] for r in self.layers]

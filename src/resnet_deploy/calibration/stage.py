@@ -49,6 +49,7 @@ class CalibrationConfig:
     modelopt: bool = False  # --modelopt: tensorrt flavour by NVIDIA ModelOpt
     workers: int | None = None  # image decoding threads
     tolerances: Tolerances | None = None  # parity bars (default: parity.tolerances_for("int8"))
+    score_images: int = 128  # --score-images: images auto/sensitivity score on (held-out + unused ones)
     quantize_fc: bool = False  # --quantize-fc: quantize the final fc in the tensorrt flavour too
     sensitivity: bool = False  # --sensitivity: per-layer held-out error with only that layer unquantized
     target_error: float | None = None  # --target-error E: keep sensitive layers unquantized until error <= E
@@ -90,6 +91,8 @@ class CalibrationConfig:
             raise UsageError("give one of --target-error E or --keep-float K, not both")
         if self.target_error is not None and not self.target_error >= 0:
             raise UsageError(f"--target-error must be >= 0 (a mean absolute logit error), got {self.target_error}")
+        if self.score_images < 2:
+            raise UsageError(f"--score-images must be >= 2, got {self.score_images}")
         if self.keep_float is not None and self.keep_float < 1:
             raise UsageError(f"--keep-float must be >= 1, got {self.keep_float}")
         if self.target not in TARGET_CHOICES:
@@ -169,7 +172,8 @@ def _auto_params(config: CalibrationConfig, targets: list[str]) -> dict[str, Any
     scored, and the placement they were scored with."""
     base = MethodConfig("entropy", percentile=float(config.percentile), num_bins=int(config.num_bins)).params()
     return {**base, "percentile": float(config.percentile), "candidates": list(METHODS), "targets": list(targets),
-            "quantize_fc": bool(config.quantize_fc), "holdout": int(config.holdout)}
+            "quantize_fc": bool(config.quantize_fc), "holdout": int(config.holdout),
+            "score_images": int(config.score_images)}
 
 
 def _ranges(config: CalibrationConfig, prepared: Path, source: CalibrationSource, fp32_sha: str, fp32: Path,
@@ -321,11 +325,20 @@ def run_int8_stage(fp32_onnx: str | os.PathLike[str], reference_module: Any, out
     scorers: list[Any] = []
 
     def scorer() -> Any:
-        """The held-out FP32 logits, computed on first use."""
+        """FP32 logits of the scoring images, computed on first use: the held-out images, plus
+        images the calibration did not use (``source.spare``) up to ``config.score_images``."""
         if not scorers:
             from .accuracy import HeldoutScorer
 
-            scorers.append(HeldoutScorer(fp32, heldout))
+            batches = list(heldout)
+            extra = config.score_images - sum(len(b) for b in batches)
+            if extra > 0 and source.spare is not None:
+                spare = source.spare.subset(source.spare.items[:extra])
+                batches += list(spare)
+            scorers.append(HeldoutScorer(fp32, batches))
+            n_held = sum(len(b) for b in heldout)
+            result.notes.append(f"choices scored on {scorers[0].num_images} images never calibrated on "
+                                f"({n_held} held out + {scorers[0].num_images - n_held} unused by the calibration)")
         return scorers[0]
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8.") as tmp:

@@ -62,7 +62,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def add_int8_accuracy_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--quantize-fc``, ``--sensitivity``, ``--target-error``, ``--keep-float`` (calibrate and export)."""
+    """``--score-images``, ``--quantize-fc``, ``--sensitivity``, ``--target-error``, ``--keep-float``
+    (calibrate and export)."""
+    p.add_argument("--score-images", type=int, default=None, metavar="N",
+                   help="images --calib-method auto, --sensitivity and --target-error score on: the held-out images "
+                        "plus images the calibration did not use, up to N (default 128)")
     p.add_argument("--quantize-fc", action="store_true", default=None,
                    help="quantize the final fc in the tensorrt flavour too (default: left in float, as ModelOpt does)")
     p.add_argument("--sensitivity", action="store_true", default=None,
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                target=args.int8_target, holdout=args.holdout, seed=args.seed, cache=args.cache,
                                recalibrate=args.recalibrate, modelopt=args.modelopt,
                                quantize_fc=bool(args.quantize_fc), sensitivity=bool(args.sensitivity),
+                               **({"score_images": args.score_images} if args.score_images is not None else {}),
                                target_error=args.target_error, keep_float=args.keep_float)
     config.validate()
     targets, _ = targets_for(args.int8_target)

@@ -81,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         "cache": args.calib_cache, "shape": parse_shape(args.calib_shape) if args.calib_shape else None,
         "holdout": args.holdout, "recalibrate": args.recalibrate or None,
         "modelopt": args.modelopt or None, "quantize_fc": args.quantize_fc, "sensitivity": args.sensitivity,
+        "score_images": args.score_images,
         "target_error": args.target_error, "keep_float": args.keep_float}.items() if v is not None}
     engine = {k: v for k, v in {
         "min_shapes": args.min_shape, "opt_shapes": args.opt_shape, "max_shapes": args.max_shape,
