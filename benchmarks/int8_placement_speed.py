@@ -18,7 +18,11 @@ ResNet-50 at 224 (random weights: speed does not depend on the values), one cali
 * FP32 on both backends, for scale.
 
     python benchmarks/int8_placement_speed.py --json benchmarks/results/int8_placement_speed.json
-    python benchmarks/int8_placement_speed.py --variant 18 --size 64 --duration 0.3 --rounds 1 --keep 1   # smoke
+    python benchmarks/int8_placement_speed.py --variant 18 --size 64 --pairs 3 --keep 1   # smoke
+
+By default each comparison is its own A/B loop (A and B alternate call by call; the ratio of
+their medians), which holds on a machine loaded by other jobs; ``--mode harness`` times every
+configuration through the bench harness instead.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nncf-python", default="/tmp/i13-nncf/bin/python")
     ap.add_argument("--work-dir", default="/tmp/resnet-deploy-int8-placement")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--rebuild", action="store_true", help="quantize again (the files are cached in --work-dir)")
+    ap.add_argument("--mode", choices=("pairs", "harness"), default="pairs",
+                    help="pairs (default): each comparison as its own A/B loop, A and B alternating call by call, "
+                         "the ratio of their medians (robust on a loaded machine); harness: every configuration "
+                         "through the bench harness (rotated rounds)")
+    ap.add_argument("--pairs", type=int, default=30, help="A/B call pairs per comparison and batch (pairs mode)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s] %(message)s", stream=sys.stderr)
     for noisy in ("torch.onnx", "onnxscript", "onnxruntime", "resnet_deploy.calibration.sources"):
@@ -79,17 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(fp32, work / "prepared.onnx")
     src = make_source("synthetic", prep, batch_size=8, size=args.calib_size, holdout=8)
     ranges = collect(prepared, src).ranges(MethodConfig("entropy"))
-    files = {
-        "ort.before": quantize_onnxruntime(prepared, work / "ort.before.onnx", ranges, quantize_pool=False),
-        "ort": quantize_onnxruntime(prepared, work / "ort.onnx", ranges),
-        "trt.before": quantize_tensorrt(prepared, work / "trt.before.onnx", ranges, quantize_fc=True,
-                                        maxpool_input=False),
-        "trt.fc-float": quantize_tensorrt(prepared, work / "trt.fc-float.onnx", ranges, maxpool_input=False),
-        "trt": quantize_tensorrt(prepared, work / "trt.onnx", ranges),
+    builders = {
+        "ort.before": lambda p: quantize_onnxruntime(prepared, p, ranges, quantize_pool=False),
+        "ort": lambda p: quantize_onnxruntime(prepared, p, ranges),
+        "trt.before": lambda p: quantize_tensorrt(prepared, p, ranges, quantize_fc=True, maxpool_input=False),
+        "trt.fc-float": lambda p: quantize_tensorrt(prepared, p, ranges, maxpool_input=False),
+        "trt": lambda p: quantize_tensorrt(prepared, p, ranges),
     }
+    files = {}
+    for key, build in builders.items():
+        files[key] = work / f"{key}.onnx"
+        if args.rebuild or not files[key].is_file():
+            build(files[key])
     keeps = [int(k) for k in args.keep.split(",") if k.strip()]
     mixed_layers: dict[str, list[str]] = {}
-    if keeps:
+    layers_file = work / "mixed_layers.json"
+    if keeps and not args.rebuild and layers_file.is_file() and all((work / f"{f}.keep{k}.onnx").is_file()
+                                                                    for f in ("ort", "trt") for k in keeps):
+        mixed_layers = json.loads(layers_file.read_text())
+        files.update({key: work / f"{key}.onnx" for key in mixed_layers})
+    elif keeps:
         # layers are the same at any input size: rank them at 64 px, cheaply
         small = make_source("synthetic", prep, batch_size=8, size=8, holdout=8, shape=(8, 3, 64, 64))
         scorer = HeldoutScorer(fp32, list(small.heldout))
@@ -102,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 mixed_layers[key] = order[:k]
                 files[key] = _finish(float_layers(model, order[:k], dtype=dtype, quantized_inputs=qi),
                                      work / f"{key}.onnx", None)
+        layers_file.write_text(json.dumps(mixed_layers))
     nncf = work / "nncf.xml"
     if not nncf.is_file() and Path(args.nncf_python).is_file():
         calib = work / "calib.npy"
@@ -113,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("NNCF failed: %s", proc.stderr.strip().splitlines()[-3:])
 
     ov = openvino_available()
+    if args.mode == "pairs":
+        return _pairs(args, fp32, files, nncf if nncf.is_file() else None, ov, threads, mixed_layers, log)
     targets = [Target("onnxruntime:fp32", "onnxruntime", "fp32", lambda: OnnxRuntimeRunner(fp32, threads=threads),
                       variant=name, artifact=str(fp32))]
     if ov:
@@ -154,6 +176,84 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"table": text, "mixed_layers": mixed_layers,
                                                "result": bench_dict(result)}, indent=2, default=str))
+    return 0
+
+
+def _pairs(args, fp32, files, nncf, ov, threads, mixed_layers, log) -> int:
+    """Each comparison A vs B: both runners open, calls alternate A, B, A, B... on the same input, and
+    the reported ratio is median(A) / median(B) (with the median of the per-pair ratios beside it). A
+    load burst from other jobs hits both sides of a pair alike."""
+    import statistics
+    import time
+
+    from resnet_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from resnet_deploy.runtime.openvino_runner import OpenVINORunner
+
+    def runner(backend: str, path):
+        if backend == "onnxruntime":
+            return OnnxRuntimeRunner(path, threads=threads)
+        return OpenVINORunner(path, threads=threads, **({"precision": "fp32"} if path == fp32 else {}))
+
+    comparisons = [("ort", "ort.before", "the pool quantized, reshape on uint8 (onnxruntime flavour)"),
+                   ("trt.fc-float", "trt.before", "fc left in float (tensorrt flavour)"),
+                   ("trt", "trt.fc-float", "Q/DQ on the max-pool input (tensorrt flavour)"),
+                   ("trt", "trt.before", "both tensorrt-flavour changes")]
+    comparisons += [(f"{f}.keep{k}", f, f"{k} layer(s) kept out of INT8") for f in ("ort", "trt")
+                    for k in sorted({int(key.rsplit("keep", 1)[1]) for key in mixed_layers})]
+    comparisons += [("ort", "fp32", "INT8 (onnxruntime flavour) vs FP32")]
+    paths = dict(files, fp32=fp32)
+    if nncf is not None:
+        paths["nncf"] = nncf
+        comparisons += [("ort", "nncf", "toolkit's u8s8 Q/DQ vs NNCF's OpenVINO model"),
+                        ("trt", "nncf", "toolkit's s8s8 Q/DQ vs NNCF's OpenVINO model")]
+    backends = ["onnxruntime"] + (["openvino"] if ov else [])
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    rng = np.random.default_rng(0)
+    for backend in backends:
+        for a, b, what in comparisons:
+            if "nncf" in (a, b) and backend != "openvino":
+                continue
+            if backend == "onnxruntime" and a.startswith("trt") and max(batches) > 1:
+                use = [1]  # s8s8 on ONNX Runtime CPU is not a deployment target: batch 1 only
+            else:
+                use = batches
+            ra, rb = runner(backend, paths[a]), runner(backend, paths[b])
+            try:
+                for n in use:
+                    x = rng.standard_normal((n, 3, args.size, args.size)).astype(np.float32)
+                    for _ in range(3):
+                        ra.infer(x)
+                        rb.infer(x)
+                    ta, tb = [], []
+                    for i in range(args.pairs):
+                        order = (ra, rb) if i % 2 == 0 else (rb, ra)
+                        for r in order:
+                            t0 = time.perf_counter()
+                            r.infer(x)
+                            (ta if r is ra else tb).append((time.perf_counter() - t0) * 1e3)
+                    ratio = statistics.median(ta) / statistics.median(tb)
+                    pair = statistics.median(x_ / y_ for x_, y_ in zip(ta, tb))
+                    rows.append({"backend": backend, "a": a, "b": b, "what": what, "batch": n,
+                                 "a_ms": statistics.median(ta), "b_ms": statistics.median(tb), "ratio": ratio,
+                                 "pair_ratio": pair})
+                    log.info("%s b%d %s vs %s: %.2f / %.2f ms = %.3fx", backend, n, a, b, statistics.median(ta),
+                             statistics.median(tb), ratio)
+            finally:
+                ra.close()
+                rb.close()
+    lines = ["| backend | A | B | what | batch | A median ms | B median ms | A/B | median pair A/B |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['a']} | {r['b']} | {r['what']} | {r['batch']} | {r['a_ms']:.2f} | "
+                     f"{r['b_ms']:.2f} | {r['ratio']:.3f} | {r['pair_ratio']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if mixed_layers:
+        print("layers kept: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in mixed_layers.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mode": "pairs", "pairs": args.pairs, "rows": rows,
+                                               "mixed_layers": mixed_layers, "threads": threads}, indent=2))
     return 0
 
 
