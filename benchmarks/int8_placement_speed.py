@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the ratio of their medians (robust on a loaded machine); harness: every configuration "
                          "through the bench harness (rotated rounds)")
     ap.add_argument("--pairs", type=int, default=30, help="A/B call pairs per comparison and batch (pairs mode)")
+    ap.add_argument("--compare", action="append", default=None, metavar="A/B",
+                    help="only these comparisons (pairs mode), e.g. ort/nncf; repeatable")
+    ap.add_argument("--backends", default="onnxruntime,openvino", help="pairs mode: backends to run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s] %(message)s", stream=sys.stderr)
     for noisy in ("torch.onnx", "onnxscript", "onnxruntime", "resnet_deploy.calibration.sources"):
@@ -206,7 +209,10 @@ def _pairs(args, fp32, files, nncf, ov, threads, mixed_layers, log) -> int:
         paths["nncf"] = nncf
         comparisons += [("ort", "nncf", "toolkit's u8s8 Q/DQ vs NNCF's OpenVINO model"),
                         ("trt", "nncf", "toolkit's s8s8 Q/DQ vs NNCF's OpenVINO model")]
-    backends = ["onnxruntime"] + (["openvino"] if ov else [])
+    if args.compare:
+        known = {(a, b): what for a, b, what in comparisons}
+        comparisons = [(a, b, known.get((a, b), f"{a} vs {b}")) for a, b in (c.split("/", 1) for c in args.compare)]
+    backends = [b for b in args.backends.split(",") if b == "onnxruntime" or (b == "openvino" and ov)]
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     rng = np.random.default_rng(0)
