@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_int8_stage(fp32, None, out, "resnet18", CalibrationConfig(
                 calib_data=str(calib_dir), method=method, calib_size=n, target="both", holdout=args.holdout,
                 batch_size=args.batch_size, seed=args.seed))
-            row = {"tool": "resnet-deploy", "method": method, "chosen": res.calibration.get("chosen"),
+            row = {"tool": "resnet-deploy", "method": method, "chosen": res.calibration.get("chosen_per_target"),
                    "calib_images": res.calibration["num_images"], "stage_s": round(time.perf_counter() - t1, 1),
                    "selection": res.calibration.get("selection", {}).get("scores")}
             for target, path in res.artifacts.items():
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0.0
     for r in rows:
         if r["tool"] == "resnet-deploy":
-            name = r["method"] + (f" (chose {r['chosen']})" if r["method"] == "auto" else "")
+            name = r["method"] + (" (chose " + " / ".join(r["chosen"][t] for t in ("onnxruntime", "tensorrt")
+                                                         if t in r["chosen"]) + ")" if r["method"] == "auto" else "")
             cells = [r.get("onnxruntime@onnxruntime"), r.get("onnxruntime@openvino"), r.get("tensorrt@onnxruntime"),
                      r.get("tensorrt@openvino")]
             if r["method"] == "auto":

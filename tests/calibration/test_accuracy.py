@@ -81,24 +81,31 @@ def test_auto_is_the_default_and_keeps_the_best_scored_method(auto_run):
     sel = res.calibration["selection"]
     assert res.calibration["method"] == "auto" and sel["targets"] == ["onnxruntime", "tensorrt"]
     assert set(sel["scores"]) == set(METHODS)
-    best = min(sel["scores"], key=lambda m: sel["scores"][m]["mean_abs"])
-    assert sel["chosen"] == res.calibration["chosen"] == best
+    # each flavour gets the method with the lowest error for it; the TensorRT table carries the tensorrt flavour's
+    best = {t: min(sel["scores"], key=lambda m: sel["scores"][m]["per_target"][t]["mean_abs"])
+            for t in ("onnxruntime", "tensorrt")}
+    assert sel["per_target"] == best == res.calibration["chosen_per_target"]
+    assert sel["chosen"] == res.calibration["chosen"] == best["tensorrt"]
     for m, score in sel["scores"].items():
         assert set(score["per_target"]) == {"onnxruntime", "tensorrt"}
         assert score["mean_abs"] == pytest.approx(np.mean([t["mean_abs"] for t in score["per_target"].values()]))
-    # the ranges written are the chosen method's, derived from one collection of statistics
+    # the ranges written are the chosen methods', derived from one collection of statistics
     cache = CalibrationCache.load(res.cache)
-    assert cache.method == "auto" and cache.selection["chosen"] == best and cache.chosen_method == best
+    assert cache.method == "auto" and cache.chosen_method == best["tensorrt"]
     prepared = prepare(fp32, out / "check.prep.onnx")
     src = make_source("synthetic", _prep(fp32), batch_size=8, size=16, shape=(8, 3, 64, 64), holdout=8)
     stats = collect(prepared, src)
-    expected = stats.ranges(MethodConfig(best))
-    assert {k: r.amax for k, r in cache.ranges.items()} == pytest.approx({k: r.amax for k, r in expected.items()})
-    # the INT8 files say which method was used and that auto chose it
-    meta = onnx.load(str(res.artifacts["tensorrt"])).metadata_props
-    props = {p.key: p.value for p in meta}
-    assert props["calibration_method"] == best and props["calibration_choice"] == "auto"
-    assert any(f"auto chose {best}" in n for n in res.notes)
+    for target, method in best.items():
+        expected = stats.ranges(MethodConfig(method))
+        got = cache.ranges_for(target)
+        assert {k: r.amax for k, r in got.items()} == pytest.approx({k: r.amax for k, r in expected.items()})
+        assert cache.method_for(target) == method
+        # the INT8 files say which method was used and that auto chose it
+        props = {p.key: p.value for p in onnx.load(str(res.artifacts[target])).metadata_props}
+        assert props["calibration_method"] == method and props["calibration_choice"] == "auto"
+        assert any(f"{method} for the {target} flavour" in n for n in res.notes)
+    reloaded = CalibrationCache.load(res.cache)
+    assert {t: reloaded.method_for(t) for t in best} == best
 
 
 def test_auto_scores_are_real_held_out_errors(auto_run):
@@ -107,8 +114,10 @@ def test_auto_scores_are_real_held_out_errors(auto_run):
     src = make_source("synthetic", _prep(fp32), batch_size=8, size=16, shape=(8, 3, 64, 64), holdout=8)
     scorer = HeldoutScorer(fp32, list(src.heldout))
     sel = res.calibration["selection"]
-    got = scorer.score(res.artifacts["onnxruntime"])["mean_abs"]
-    assert got == pytest.approx(sel["scores"][sel["chosen"]]["per_target"]["onnxruntime"]["mean_abs"], rel=1e-5)
+    for target in ("onnxruntime", "tensorrt"):
+        got = scorer.score(res.artifacts[target])["mean_abs"]
+        method = sel["per_target"][target]
+        assert got == pytest.approx(sel["scores"][method]["per_target"][target]["mean_abs"], rel=1e-5)
 
 
 def test_auto_cache_is_reused_and_an_explicit_method_forces(auto_run, caplog):

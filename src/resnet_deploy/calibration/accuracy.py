@@ -94,24 +94,26 @@ def _rank_key(score: dict[str, float]) -> tuple[float, float]:
 class MethodChoice:
     """The outcome of ``--calib-method auto``: every candidate's score and the one kept."""
 
-    chosen: str
+    chosen: str  # the method of ``ranges``: the tensorrt flavour's choice when it was scored (the TensorRT table)
     ranges: dict[str, TensorRange]
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> {mean_abs, centered_cosine, ...}
     targets: list[str] = field(default_factory=list)
-
     scored_images: int = 0
+    per_target: dict[str, str] = field(default_factory=dict)  # flavour -> the method best for it
+    target_ranges: dict[str, dict[str, TensorRange]] = field(default_factory=dict)  # flavour -> its ranges
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "metric": METRIC, "targets": self.targets, "scored_images": self.scored_images,
-                "scores": self.scores}
+        return {"chosen": self.chosen, "per_target": self.per_target, "metric": METRIC, "targets": self.targets,
+                "scored_images": self.scored_images, "scores": self.scores}
 
 
 def choose_method(prepared: str | os.PathLike[str], stats: Statistics, method: MethodConfig, targets: Sequence[str],
                   scorer: HeldoutScorer, *, candidates: Sequence[str] = METHODS, quantize_fc: bool = False,
                   quantizer: Callable[..., Any] = quantize) -> MethodChoice:
     """Ranges of every method in ``candidates`` from the one collection ``stats``; each set is
-    quantized for every target and scored on the held-out images; the lowest mean error (averaged
-    over the targets) wins."""
+    quantized for every target and scored on the held-out images; for each target the lowest error
+    wins (``per_target``). ``chosen``/``ranges`` are the tensorrt flavour's choice when it is among
+    the targets (they make the TensorRT calibration table), else the first target's."""
     if not candidates:
         raise UsageError("auto calibration needs at least one candidate method")
     scores: dict[str, dict[str, Any]] = {}
@@ -131,9 +133,12 @@ def choose_method(prepared: str | os.PathLike[str], stats: Statistics, method: M
                          "per_target": per_target}
             log.info("auto calibration: %s scores %.5f (centered cosine %.5f)", m, scores[m]["mean_abs"],
                      scores[m]["centered_cosine"])
-    chosen = min(candidates, key=lambda m: _rank_key(scores[m]))
+    # each flavour is its own file: it gets the method best for it
+    per_target = {t: min(candidates, key=lambda m: _rank_key(scores[m]["per_target"][t])) for t in targets}
+    chosen = per_target["tensorrt"] if "tensorrt" in per_target else per_target[targets[0]]
     return MethodChoice(chosen=chosen, ranges=all_ranges[chosen], scores=scores, targets=list(targets),
-                        scored_images=scorer.num_images)
+                        scored_images=scorer.num_images, per_target=per_target,
+                        target_ranges={t: all_ranges[m] for t, m in per_target.items()})
 
 
 # -- sensitivity and mixed precision --------------------------------------------------------------

@@ -173,7 +173,7 @@ def _auto_params(config: CalibrationConfig, targets: list[str]) -> dict[str, Any
     base = MethodConfig("entropy", percentile=float(config.percentile), num_bins=int(config.num_bins)).params()
     return {**base, "percentile": float(config.percentile), "candidates": list(METHODS), "targets": list(targets),
             "quantize_fc": bool(config.quantize_fc), "holdout": int(config.holdout),
-            "score_images": int(config.score_images)}
+            "score_images": int(config.score_images), "choice": "per flavour"}
 
 
 def _ranges(config: CalibrationConfig, prepared: Path, source: CalibrationSource, fp32_sha: str, fp32: Path,
@@ -217,16 +217,19 @@ def _ranges(config: CalibrationConfig, prepared: Path, source: CalibrationSource
                    timings):
             choice = choose_method(prepared, stats, method, targets, sc, quantize_fc=config.quantize_fc)
         ranges, selection = choice.ranges, choice.to_dict()
+        target_ranges = {t: r for t, r in choice.target_ranges.items() if choice.per_target[t] != choice.chosen}
         num_images, batch_shape = stats.num_images, stats.batch_shape
-        result.notes.append("calibration method auto chose " + choice.chosen + " (held-out logit error " + ", ".join(
-            f"{m} {sc_['mean_abs']:.4g}" for m, sc_ in choice.scores.items()) + ")")
+        result.notes.append("calibration method auto chose " + ", ".join(
+            f"{m} for the {t} flavour" for t, m in choice.per_target.items()) + " (mean held-out logit error " +
+            ", ".join(f"{m} {sc_['mean_abs']:.4g}" for m, sc_ in choice.scores.items()) + ")")
     else:
         with stage(f"calibrate ({method.method}, {source.num_images} images in {len(source)} batches)", timings):
             calib = calibrate(prepared, source, method, total=len(source))
         ranges, num_images, batch_shape = calib.ranges, calib.num_images, calib.batch_shape
+        target_ranges = {}
     cached = CalibrationCache(ranges=ranges, method=method_name, params=params, num_images=num_images,
                               batch_shape=batch_shape, model_sha256=fp32_sha, model_path=str(fp32), preprocessing=prep,
-                              data=data, selection=selection)
+                              data=data, selection=selection, target_ranges=target_ranges)
     cached.save(cache_path)
     return cached
 
@@ -350,6 +353,7 @@ def run_int8_stage(fp32_onnx: str | os.PathLike[str], reference_module: Any, out
         if result.cache_reused and not result.table.is_file():
             cached.save(cache_path)
         result.calibration = {"method": cached.method, "chosen": cached.chosen_method,
+                              "chosen_per_target": {t: cached.method_for(t) for t in targets},
                               **({"selection": cached.selection} if cached.selection else {}),
                               "params": cached.params, "num_images": cached.num_images,
                               "batch_shape": cached.batch_shape, "shape_reason": shape_why,
@@ -358,7 +362,7 @@ def run_int8_stage(fp32_onnx: str | os.PathLike[str], reference_module: Any, out
         for target in targets:
             path = Path(artifact_paths[target]) if artifact_paths and target in artifact_paths \
                 else out / f"{stem}.int8.{target}.onnx"
-            md = infer_metadata(meta, int8_target=target, calibration_method=cached.chosen_method,
+            md = infer_metadata(meta, int8_target=target, calibration_method=cached.method_for(target),
                                 calibration_choice="auto" if cached.selection else "explicit",
                                 calibration_images=cached.num_images, calibration_cache=cache_path.name,
                                 weights_quantization="per-channel symmetric int8",
@@ -373,7 +377,8 @@ def run_int8_stage(fp32_onnx: str | os.PathLike[str], reference_module: Any, out
                                       table=result.table, metadata=md)
                 else:
                     md["fc_quantized"] = bool(config.quantize_fc or target == "onnxruntime")
-                    quantize(prepared, path, target, cached.ranges, metadata=md, quantize_fc=config.quantize_fc)
+                    quantize(prepared, path, target, cached.ranges_for(target), metadata=md,
+                             quantize_fc=config.quantize_fc)
             if config.sensitivity or config.mixed:
                 _sensitivity_and_mixed(config, target, path, md, scorer, result, timings)
             result.artifacts[target] = path
