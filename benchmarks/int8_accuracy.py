@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 "onnxruntime@onnxruntime", "onnxruntime@openvino", "tensorrt@onnxruntime", "tensorrt@openvino"))
                 + f" | {', '.join(m['kept'].get('onnxruntime', []))} / {', '.join(m['kept'].get('tensorrt', []))} |")
     total_s = time.perf_counter() - t_start
-    lines += ["", f"worst default (auto) INT8 top-1 difference from FP32 (ORT): {worst:+.2f} points "
+    lines += ["", f"worst default (auto) INT8 top-1 difference from FP32 (every size, flavour and backend): {worst:+.2f} points "
                   f"({'PASS' if worst >= -0.25 else 'FAIL'}: target within 0.25 points); training {train_s:.0f}s "
                   f"(0 = cached), whole study {total_s:.0f}s"]
     text = "\n".join(lines)
