@@ -22,7 +22,7 @@ OpenVINO:
   backend for ONNX Runtime); skipped when the interpreter is missing;
 * mixed precision: ``auto`` at the largest size with ``--keep-float 1,2,4`` layers out of INT8.
 
-    python benchmarks/int8_accuracy.py                  # the harder study (~15-25 min on 2 busy cores)
+    python benchmarks/int8_accuracy.py                  # the harder study (~5 min training + ~7 min, 2 busy cores)
     python benchmarks/int8_accuracy.py --sizes 32 --methods minmax --epochs 1 --keep-float ""   # smoke
 
 The fine-tuned weights, the export and the PNGs are cached in ``--work-dir``; pass ``--retrain``
@@ -349,14 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     if mixed:
         lines += ["", f"Mixed precision (auto, {sizes[-1]} images): the K most sensitive layers out of INT8 "
                   "(float in the onnxruntime flavour, FP16 in the tensorrt flavour).", "",
-                  "| layers kept | u8s8 on ORT | u8s8 on OpenVINO | s8s8 on ORT | s8s8 on OpenVINO | kept (u8s8 / s8s8) |",
+                  "| layers kept | u8s8 on ORT | u8s8 on OpenVINO | s8s8 on ORT | s8s8 on OpenVINO "
+                  "| kept (u8s8 / s8s8) |",
                   "|---:|---:|---:|---:|---:|---|"]
         for m in mixed:
             lines.append(f"| {m['keep_float']} | " + " | ".join(_cell(m.get(k)) for k in (
                 "onnxruntime@onnxruntime", "onnxruntime@openvino", "tensorrt@onnxruntime", "tensorrt@openvino"))
                 + f" | {', '.join(m['kept'].get('onnxruntime', []))} / {', '.join(m['kept'].get('tensorrt', []))} |")
     total_s = time.perf_counter() - t_start
-    lines += ["", f"worst default (auto) INT8 top-1 difference from FP32 (every size, flavour and backend): {worst:+.2f} points "
+    lines += ["", "worst default (auto) INT8 top-1 difference from FP32 (every size, flavour and backend): "
+                  f"{worst:+.2f} points "
                   f"({'PASS' if worst >= -0.25 else 'FAIL'}: target within 0.25 points); training {train_s:.0f}s "
                   f"(0 = cached), whole study {total_s:.0f}s"]
     text = "\n".join(lines)

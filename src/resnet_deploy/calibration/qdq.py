@@ -746,6 +746,6 @@ def quantize(prepared: str | os.PathLike[str], out: str | os.PathLike[str], targ
 
 
 __all__ = ["TARGETS", "TARGET_CHOICES", "WEIGHTED_OPS", "drop_output_qdq", "final_layers", "float_layers",
-           "global_pool_as_gap", "infer_metadata", "qdq_by_op", "prepare", "qdq_summary", "quantize", "quantize_modelopt",
-           "quantize_onnxruntime", "quantize_tensorrt", "quantized_layers", "reshape_in_integer", "residual_input",
-           "targets_for"]
+           "global_pool_as_gap", "infer_metadata", "prepare", "qdq_by_op", "qdq_summary", "quantize",
+           "quantize_modelopt", "quantize_onnxruntime", "quantize_tensorrt", "quantized_layers", "reshape_in_integer",
+           "residual_input", "targets_for"]
