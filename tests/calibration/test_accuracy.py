@@ -216,6 +216,28 @@ def test_sensitivity_cli_writes_json_chart_and_table(resnet18_fp32, tmp_path, ca
     assert gains == sorted(gains, reverse=True)  # most sensitive first
     assert all(r["gain"] == pytest.approx(report["int8_error"]["mean_abs"] - r["mean_abs"]) for r in rows)
     assert rows[0]["layer"] in text and "most sensitive first" in text
+    assert all("module" in r for r in rows)  # this TorchScript export keeps no weight names: empty
+
+
+def test_module_names_come_from_the_weight_initializers():
+    from onnx import TensorProto, helper
+
+    from resnet_deploy.calibration.accuracy import module_names
+
+    w8 = numpy_helper_from(np.ones((2, 1, 1, 1), np.int8), "layer4.0.conv1.weight_quantized")
+    scale = numpy_helper_from(np.ones(2, np.float32), "s")
+    wf = numpy_helper_from(np.ones((2, 2, 1, 1), np.float32), "onnx::Conv_7")
+    nodes = [helper.make_node("DequantizeLinear", ["layer4.0.conv1.weight_quantized", "s"], ["w"], axis=0,
+                              name="dq"),
+             helper.make_node("Conv", ["x", "w"], ["y"], name="node_Conv_1"),
+             helper.make_node("Conv", ["y", "onnx::Conv_7"], ["z"], name="node_Conv_2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w8, scale, wf])
+    assert module_names(helper.make_model(g)) == {"node_Conv_1": "layer4.0.conv1"}
+
+
+def numpy_helper_from(arr, name):
+    return onnx.numpy_helper.from_array(arr, name)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     roles = {a["role"] for a in manifest["artifacts"]}
     assert {"sensitivity-report", "sensitivity-chart"} <= roles

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .qdq import float_layers, quantize, quantized_layers
+from .qdq import WEIGHTED_OPS, float_layers, quantize, quantized_layers
 from .ranges import METHODS, MethodConfig, Statistics, TensorRange
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Sensitivity:
     """Per quantized layer: the held-out error with only that layer unquantized."""
 
     int8_error: dict[str, float]  # the full INT8 model
-    layers: list[dict[str, Any]]  # most sensitive first: {layer, op, mean_abs, centered_cosine, gain}
+    layers: list[dict[str, Any]]  # most sensitive first: {layer, module, op, mean_abs, centered_cosine, gain}
     dtype: str = "float32"
     num_images: int = 0
     quantized_inputs: bool = False
@@ -163,16 +163,37 @@ class Sensitivity:
 
     def table(self, limit: int | None = None) -> str:
         rows = self.layers if limit is None else self.layers[:limit]
-        width = max([len("layer")] + [len(r["layer"]) for r in rows])
+        width = max([len("layer")] + [len(_label(r)) for r in rows])
         lines = [f"INT8 error {self.int8_error['mean_abs']:.5f} (centered cosine "
                  f"{self.int8_error['centered_cosine']:.5f}); with one layer in {self.dtype}, most sensitive first:",
                  f"{'#':>3}  {'layer':<{width}}  {'op':<6} {'error':>9} {'gain':>9} {'cent.cos':>9}"]
         for i, r in enumerate(rows, 1):
-            lines.append(f"{i:>3}  {r['layer']:<{width}}  {r['op']:<6} {r['mean_abs']:>9.5f} {r['gain']:>9.5f} "
+            lines.append(f"{i:>3}  {_label(r):<{width}}  {r['op']:<6} {r['mean_abs']:>9.5f} {r['gain']:>9.5f} "
                          f"{r['centered_cosine']:>9.5f}")
         if limit is not None and len(self.layers) > limit:
             lines.append(f"     ... {len(self.layers) - limit} more in the JSON")
         return "\n".join(lines)
+
+
+def module_names(model: Any) -> dict[str, str]:
+    """Node name -> the PyTorch module its weight came from (``layer4.0.conv1``), read from the weight
+    initializer's name (``layer4.0.conv1.weight_quantized``); empty when the export kept no names."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
+            continue
+        w = n.input[1]
+        if w in producers and producers[w].op_type == "DequantizeLinear":
+            w = producers[w].input[0]
+        if w not in inits:
+            continue
+        for suffix in ("_quantized", ".weight"):
+            w = w[:-len(suffix)] if w.endswith(suffix) else w
+        if not w.startswith(("onnx::", "val_", "_")):
+            out[n.name] = w
+    return out
 
 
 def sensitivity(int8_model: Any, scorer: HeldoutScorer, *, dtype: str = "float32", quantized_inputs: bool = False,
@@ -183,13 +204,14 @@ def sensitivity(int8_model: Any, scorer: HeldoutScorer, *, dtype: str = "float32
     from ..progress import track
 
     ops = {n.name: n.op_type for n in int8_model.graph.node}
+    modules = module_names(int8_model)
     layers = quantized_layers(int8_model)
     base = scorer.score(int8_model)
     rows = []
     it = track(layers, total=len(layers), desc="sensitivity", unit="layer") if progress else layers
     for name in it:
         s = scorer.score(float_layers(int8_model, [name], dtype=dtype, quantized_inputs=quantized_inputs))
-        rows.append({"layer": name, "op": ops[name], "mean_abs": s["mean_abs"],
+        rows.append({"layer": name, "module": modules.get(name, ""), "op": ops[name], "mean_abs": s["mean_abs"],
                      "centered_cosine": s["centered_cosine"], "top1": s["top1"],
                      "gain": base["mean_abs"] - s["mean_abs"]})
     rows.sort(key=lambda r: (-r["gain"], r["layer"]))
@@ -250,8 +272,13 @@ def mixed_precision(int8_model: Any, sens: Sensitivity, scorer: HeldoutScorer, *
                           met=err["mean_abs"] <= target_error), model
 
 
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['module']} [{row['layer']}]" if row.get("module") else row["layer"]
+
+
 def plot_sensitivity(sens: Sensitivity, path: str | os.PathLike[str], *, title: str = "") -> Path | None:
-    """A horizontal bar chart (PNG) of the error with each layer unquantized, most sensitive on top.
+    """A horizontal bar chart (PNG) of the drop in error with each layer unquantized, most sensitive
+    on top.
     Returns None (and logs) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -266,13 +293,14 @@ def plot_sensitivity(sens: Sensitivity, path: str | os.PathLike[str], *, title: 
     rows = sens.layers
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * len(rows) + 1.2)))
     y = np.arange(len(rows))
-    ax.barh(y, [r["mean_abs"] for r in rows], color="#4c72b0")
-    ax.axvline(sens.int8_error["mean_abs"], color="#c44e52", linestyle="--", label="all layers INT8")
-    ax.set_yticks(y, [r["layer"] for r in rows], fontsize=7)
+    gains = [r["gain"] for r in rows]
+    ax.barh(y, gains, color=["#4c72b0" if g > 0 else "#c44e52" for g in gains])
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{_label(r)} ({r['op']})" for r in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"held-out mean |logit error| with the layer in {sens.dtype}")
+    ax.set_xlabel(f"drop in held-out mean |logit error| with only this layer in {sens.dtype} "
+                  f"(all INT8: {sens.int8_error['mean_abs']:.4g})", fontsize=8)
     ax.set_title(title or "INT8 per-layer sensitivity (most sensitive first)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     out = Path(path)
     with atomic_path(out) as tmp:
@@ -282,4 +310,4 @@ def plot_sensitivity(sens: Sensitivity, path: str | os.PathLike[str], *, title: 
 
 
 __all__ = ["HeldoutScorer", "METRIC", "MethodChoice", "MixedPrecision", "Sensitivity", "choose_method",
-           "logit_error", "mixed_precision", "plot_sensitivity", "sensitivity"]
+           "logit_error", "mixed_precision", "module_names", "plot_sensitivity", "sensitivity"]
