@@ -50,14 +50,14 @@ def test_tensorrt_flavour_has_qdq_in_front_of_every_conv(r18_int8):
     convs = _conv_count(fp32)
     assert convs == 20
     assert s["Conv"] == {"count": convs, "input_qdq": convs, "weight_dq": convs}
-    assert s["Gemm"] == {"count": 1, "input_qdq": 1, "weight_dq": 1}
+    assert s["Gemm"] == {"count": 1, "input_qdq": 0, "weight_dq": 0}  # the fc stays in float by default
     assert s["Add"]["count"] == 8 and s["Add"]["input_qdq"] == 8  # every residual add
     assert s["zero_points"] == [0] and s["zero_point_dtypes"] == ["int8"]  # symmetric int8 only
     # one Q/DQ pair per quantized activation tensor; weights are int8 initializers with a DQ only
     model = onnx.load(str(res.artifacts["tensorrt"]))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    assert len(weight_dq) == convs + 1
+    assert len(weight_dq) == convs
     for n in weight_dq:
         w, scale = inits[n.input[0]], inits[n.input[1]]
         assert w.dtype == np.int8 and np.abs(w).max() <= 127
@@ -104,6 +104,99 @@ def test_onnxruntime_flavour_is_u8s8_per_channel(r18_int8):
     # the logits leave the graph in float: no Q/DQ rounding them to 256 levels at the very end
     producer = {o: n for n in model.graph.node for o in n.output}
     assert producer[model.graph.output[0].name].op_type == "Gemm"
+
+
+def test_qdq_counts_per_op_type_in_each_flavour(r18_int8):
+    """The placement, counted per op type on ResNet-18 (20 Conv, 8 residual Add, 1 MaxPool, 1 pool, 1 fc)."""
+    _, res = r18_int8
+    trt = res.qdq["tensorrt"]["by_op"]
+    assert trt["Conv"] == {"nodes": 20, "dq_inputs": 40, "q_outputs": 3}  # activation + weight; 3 downsample residuals
+    assert trt["Add"] == {"nodes": 8, "dq_inputs": 8, "q_outputs": 0}  # the residual input only
+    assert trt["MaxPool"] == {"nodes": 1, "dq_inputs": 1, "q_outputs": 1}  # INT8 max pool
+    assert trt["Gemm"] == {"nodes": 1, "dq_inputs": 0, "q_outputs": 0}  # fc in float
+    pool = next(op for op in ("GlobalAveragePool", "ReduceMean") if op in trt)  # TorchScript / dynamo export
+    shape_op = next(op for op in ("Flatten", "Reshape") if op in trt)
+    assert trt[pool]["dq_inputs"] == 0 and trt[shape_op]["dq_inputs"] == 0  # TensorRT propagates through them
+    ort = res.qdq["onnxruntime"]["by_op"]
+    assert ort["Conv"] == {"nodes": 20, "dq_inputs": 60, "q_outputs": 20}  # activation, weight, int32 bias
+    assert ort["GlobalAveragePool"] == {"nodes": 1, "dq_inputs": 1, "q_outputs": 1}  # the pool is quantized
+    assert "ReduceMean" not in ort
+    assert ort[shape_op] == {"nodes": 1, "dq_inputs": 0, "q_outputs": 0}  # runs on the uint8 tensor
+    assert ort["Gemm"]["nodes"] == 1 and ort["Gemm"]["dq_inputs"] >= 2 and ort["Gemm"]["q_outputs"] == 0
+
+
+def test_tensorrt_maxpool_input_shares_the_output_scale_and_scales_are_float32(r18_int8):
+    _, res = r18_int8
+    model = onnx.load(str(res.artifacts["tensorrt"]))
+    assert {(o.domain or "", o.version) for o in model.opset_import} == {("", 18)}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    dq_in = producers[pool.input[0]]
+    q_out = next(c for c in consumers[pool.output[0]] if c.op_type == "QuantizeLinear")
+    assert dq_in.op_type == "DequantizeLinear" and dq_in.input[1] == q_out.input[1]  # one shared scale
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert inits[n.input[1]].dtype == np.float32
+
+
+def test_reshape_before_the_fc_runs_on_integers(r18_int8):
+    """onnxruntime flavour: GlobalAveragePool -> Q -> Reshape -> DQ -> Gemm, no DQ -> Reshape -> Q -> DQ."""
+    _, res = r18_int8
+    model = onnx.load(str(res.artifacts["onnxruntime"]))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    chain = [producers[gemm.input[0]]]
+    while chain[-1].op_type != "GlobalAveragePool":
+        chain.append(producers[chain[-1].input[0]])
+    assert [n.op_type for n in chain][::2] == ["DequantizeLinear", "QuantizeLinear"]
+    assert chain[1].op_type in ("Reshape", "Flatten") and chain[3].op_type == "GlobalAveragePool"
+
+
+def test_reduce_mean_over_hw_becomes_global_average_pool():
+    from onnx import TensorProto, helper
+
+    from resnet_deploy.calibration.qdq import global_pool_as_gap
+
+    def graph(axes, keepdims):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        ax = numpy_helper.from_array(np.array(axes, dtype=np.int64), "axes")
+        node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)
+        return helper.make_model(helper.make_graph([node], "g", [x], [y], [ax]),
+                                 opset_imports=[helper.make_opsetid("", 18)])
+
+    m = graph([-2, -1], 1)
+    assert global_pool_as_gap(m) == 1 and m.graph.node[0].op_type == "GlobalAveragePool"
+    assert list(m.graph.node[0].input) == ["x"]
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 4, 5, 5)).astype(np.float32)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x.mean(axis=(2, 3), keepdims=True), rtol=1e-5)
+    for axes, keep in (([1], 1), ([2, 3], 0)):  # not a global pool, or it drops the dims: left alone
+        m = graph(axes, keep)
+        assert global_pool_as_gap(m) == 0 and m.graph.node[0].op_type == "ReduceMean"
+
+
+def test_quantize_fc_puts_the_fc_back_in_int8(resnet18_fp32, tmp_path):
+    from resnet_deploy.calibration import MethodConfig, calibrate, make_source
+    from resnet_deploy.calibration.qdq import qdq_by_op, quantize
+
+    fp32, _ = resnet18_fp32
+    prepared = prepare(fp32, tmp_path / "prep.onnx")
+    src = make_source("synthetic", preprocessing_of(fp32), batch_size=4, size=8)
+    ranges = calibrate(prepared, src, MethodConfig("minmax")).ranges
+    on = qdq_by_op(quantize(prepared, tmp_path / "fc.onnx", "tensorrt", ranges, quantize_fc=True))
+    off = qdq_by_op(quantize(prepared, tmp_path / "nofc.onnx", "tensorrt", ranges))
+    assert on["Gemm"]["dq_inputs"] == 2 and off["Gemm"]["dq_inputs"] == 0
+    assert on["Flatten"]["q_outputs"] == 1 and off["Flatten"]["q_outputs"] == 0  # the fc's input Q/DQ
+    rest = {"Gemm", "Flatten"}
+    assert {k: v for k, v in on.items() if k not in rest} == {k: v for k, v in off.items() if k not in rest}
 
 
 def test_int8_files_carry_the_fp32_metadata(r18_int8):

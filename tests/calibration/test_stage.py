@@ -44,7 +44,11 @@ def test_config_from_options_is_typed():
 @pytest.mark.parametrize("kw,match", [
     ({"calib_data": None}, "needs calibration data"),
     ({"holdout": 1}, "--holdout must be >= 2"),
-    ({"method": "kl"}, "choose one of: minmax, entropy, percentile"),
+    ({"method": "kl"}, "choose one of: auto, minmax, entropy, percentile, mse"),
+    ({"target_error": 0.1, "keep_float": 2}, "not both"),
+    ({"keep_float": 0}, "--keep-float must be >= 1"),
+    ({"target_error": -1.0}, "--target-error must be >= 0"),
+    ({"modelopt": True, "target": "tensorrt", "sensitivity": True}, "drop --modelopt"),
     ({"target": "gpu"}, "choose one of: auto, onnxruntime, tensorrt, both"),
     ({"shape": (4, 3, 64, 64), "batch_size": 8}, "disagree on the batch size"),
     ({"modelopt": True, "target": "onnxruntime"}, "--modelopt makes the tensorrt flavour"),

@@ -105,3 +105,24 @@ def test_missing_model_and_bad_shape_exit_2(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path / "m.onnx"), "--calib-data", "synthetic", "--shape", "8x1x64x64",
                  "-q"]) == 2
     assert "must be Nx3xHxW" in capsys.readouterr().err
+
+
+def test_export_and_calibrate_take_the_accuracy_options(capsys):
+    from resnet_deploy.cli.export import config_from_args
+    from resnet_deploy.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["export", "--int8", "--calib-data", "synthetic", "--sensitivity", "--quantize-fc",
+                              "--target-error", "0.02", "--calib-method", "mse"])
+    opts = config_from_args(args).int8_options
+    assert opts["sensitivity"] is True and opts["quantize_fc"] is True and opts["target_error"] == 0.02
+    assert opts["method"] == "mse" and "keep_float" not in opts
+    plain = config_from_args(parser.parse_args(["export", "--int8", "--calib-data", "synthetic"])).int8_options
+    assert not {"sensitivity", "quantize_fc", "target_error", "keep_float", "method"} & set(plain)  # defaults apply
+    assert parser.parse_args(["calibrate", "m.onnx", "--calib-data", "x"]).calib_method == "auto"
+    for argv in (["export", "--target-error", "0.1", "--keep-float", "2"],
+                 ["calibrate", "m.onnx", "--calib-data", "x", "--target-error", "0.1", "--keep-float", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(argv)
+        assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 FORMAT = "resnet-deploy-calibration/1"
 #: TensorRT's calibration-table algorithm names by method (percentile has none: it is written as
 #: what TensorRT would read, the per-tensor scale).
-TRT_ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2"}
+TRT_ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2",
+                  "mse": "EntropyCalibration2"}
 #: Header version when TensorRT is not installed: 10.0.0 in TensorRT's ``major*10000 + minor*100 + patch``.
 DEFAULT_TRT_VERSION = 100000
 
@@ -58,6 +59,10 @@ class CalibrationCache:
     model_path: str
     preprocessing: dict[str, Any] | None
     data: dict[str, Any] = field(default_factory=dict)  # source description + fingerprint
+    #: ``--calib-method auto``: every candidate's held-out score and the method chosen (None otherwise)
+    selection: dict[str, Any] | None = None
+    #: ``auto`` with several flavours: the ranges of a flavour whose best method differs from ``method``'s
+    target_ranges: dict[str, dict[str, TensorRange]] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     # -- serialisation -------------------------------------------------------------------------
@@ -66,6 +71,9 @@ class CalibrationCache:
                 "model": {"path": self.model_path, "sha256": self.model_sha256},
                 "preprocessing": self.preprocessing, "method": self.method, "params": self.params,
                 "num_images": self.num_images, "batch_shape": self.batch_shape, "data": self.data,
+                **({"selection": self.selection} if self.selection is not None else {}),
+                **({"target_tensors": {t: {name: r.to_dict() for name, r in rs.items()}
+                                       for t, rs in self.target_ranges.items()}} if self.target_ranges else {}),
                 "tensors": {name: r.to_dict() for name, r in self.ranges.items()}}
 
     @classmethod
@@ -78,16 +86,33 @@ class CalibrationCache:
                        params=dict(d.get("params", {})), num_images=int(d["num_images"]),
                        batch_shape=list(d.get("batch_shape", [])), model_sha256=d["model"]["sha256"],
                        model_path=d["model"].get("path", ""), preprocessing=d.get("preprocessing"),
-                       data=dict(d.get("data", {})), created=d.get("created", ""))
+                       data=dict(d.get("data", {})), selection=d.get("selection"),
+                       target_ranges={t: {k: TensorRange.from_dict(v) for k, v in rs.items()}
+                                      for t, rs in d.get("target_tensors", {}).items()},
+                       created=d.get("created", ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"calibration cache '{origin}' is incomplete or corrupt: {exc!r}") from exc
+
+    @property
+    def chosen_method(self) -> str:
+        """The method whose ranges these are (``auto``: the one it chose)."""
+        return str(self.selection["chosen"]) if self.selection else self.method
+
+    def method_for(self, target: str) -> str:
+        """The method of the ranges ``target`` is quantized with."""
+        if self.selection and target in self.selection.get("per_target", {}):
+            return str(self.selection["per_target"][target])
+        return self.chosen_method
+
+    def ranges_for(self, target: str) -> dict[str, TensorRange]:
+        return self.target_ranges.get(target) or self.ranges
 
     def save(self, path: str | os.PathLike[str], trt_version: int | None = None) -> tuple[Path, Path]:
         """Write the JSON cache and the TensorRT table beside it; returns both paths."""
         path = Path(path)
         write_json(path, self.to_dict())
         table = table_path(path)
-        write_trt_table(table, self.ranges, algorithm=TRT_ALGORITHMS.get(self.method, "EntropyCalibration2"),
+        write_trt_table(table, self.ranges, algorithm=TRT_ALGORITHMS.get(self.chosen_method, "EntropyCalibration2"),
                         trt_version=trt_version)
         return path, table
 

@@ -7,6 +7,10 @@ CPU kernels run with VNNI/AMX. Measured for issue 5 on a 2-core AVX-512 VNNI mac
 ~47 ms, which is why the CPU flavour differs from the TensorRT one. Our ranges are handed over
 through ONNX Runtime's calibration cache (``calibration_cache_path``), so its calibrator does not
 run again, and the Q/DQ pair it leaves on the graph output is removed (the logits stay float).
+The global average pool is quantized: a ``ReduceMean`` over H, W with ``keepdims`` (what the
+dynamic export writes) becomes ``GlobalAveragePool`` first, so its output gets a Q/DQ, and the
+reshape before the fc then runs on the uint8 tensor (``Q -> Reshape -> DQ``) instead of
+``DQ -> Reshape -> Q -> DQ``, the extra float requantize OpenVINO otherwise shows before the fc.
 
 ``tensorrt``: our own graph pass, placed as TensorRT's Q/DQ guidance asks:
 
@@ -17,7 +21,12 @@ run again, and the Q/DQ pair it leaves on the graph output is removed (the logit
 * a Q/DQ pair on the *residual* input of each residual Add (the shorter branch from the block's
   fork: the identity, or the downsample conv), so TensorRT fuses the Add into the INT8 Conv of the
   other branch and the add runs in INT8;
-* nothing else: TensorRT propagates Q/DQ through ReLU, MaxPool and the reshapes itself.
+* a Q/DQ pair on the input of each MaxPool whose output is quantized, sharing the output's scale
+  (max pooling commutes with a monotonic quantizer, so TensorRT runs it in INT8);
+* the final Gemm/MatMul (the fc, whose output is a graph output) stays in float unless
+  ``quantize_fc``: quantizing it costs about a third of the logit error for no measurable speed;
+* nothing else: TensorRT propagates Q/DQ through ReLU and the reshapes itself. Scales are float32
+  and the opset stays the export's (18).
 
 Both flavours first go through ``quant_pre_process`` (BN folding and the other basic fusions,
 shape inference), done here rather than by the user; the FP32 metadata (preprocessing record
@@ -127,9 +136,114 @@ def drop_output_qdq(model: Any) -> int:
 
 
 
+def global_pool_as_gap(model: Any) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3] or [-2, -1], keepdims=1)`` of a 4-D ``x`` as
+    ``GlobalAveragePool(x)`` (same output). Returns the number rewritten."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done = 0
+    for n in model.graph.node:
+        if n.op_type != "ReduceMean":
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        if "keepdims" in attrs and attrs["keepdims"].i == 0:
+            continue
+        if "axes" in attrs:
+            axes = list(attrs["axes"].ints)
+        elif len(n.input) > 1 and n.input[1] in inits:
+            axes = [int(a) for a in numpy_helper.to_array(inits[n.input[1]]).ravel()]
+        else:
+            continue
+        if sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        n.op_type = "GlobalAveragePool"
+        del n.input[1:]
+        del n.attribute[:]
+        done += 1
+    return done
+
+
+_SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _same_qparams(a: Any, b: Any, inits: dict[str, Any]) -> bool:
+    from onnx import numpy_helper
+
+    for i in (1, 2):
+        x = a.input[i] if len(a.input) > i else ""
+        y = b.input[i] if len(b.input) > i else ""
+        if x == y:
+            continue
+        if x not in inits or y not in inits:
+            return False
+        if not np.array_equal(numpy_helper.to_array(inits[x]), numpy_helper.to_array(inits[y])):
+            return False
+    return True
+
+
+def reshape_in_integer(model: Any) -> int:
+    """``Q(a) -> DQ -> Reshape -> Q(b) -> DQ`` with equal parameters becomes ``Q(a) -> Reshape -> DQ``:
+    the reshape runs on the integer tensor and the float requantize after it goes. Returns the number
+    of requantizes removed."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    outputs = {o.name for o in g.output}
+    drop: set[int] = set()
+    done = 0
+    for op in list(g.node):
+        if op.op_type not in _SHAPE_OPS or id(op) in drop:
+            continue
+        dq_a = producers.get(op.input[0])
+        if dq_a is None or dq_a.op_type != "DequantizeLinear" or dq_a.input[0] not in producers:
+            continue
+        q_b = consumers[op.output[0]]
+        if len(q_b) != 1 or q_b[0].op_type != "QuantizeLinear" or op.output[0] in outputs:
+            continue
+        q_b = q_b[0]
+        dq_b = consumers[q_b.output[0]]
+        if len(dq_b) != 1 or dq_b[0].op_type != "DequantizeLinear" or not _same_qparams(dq_a, q_b, inits):
+            continue
+        dq_b = dq_b[0]
+        op.input[0] = dq_a.input[0]  # the integer tensor
+        dq_b.input[0] = op.output[0]
+        for i in (1, 2):
+            if len(dq_b.input) > i and len(dq_a.input) > i:
+                dq_b.input[i] = dq_a.input[i]
+        drop.add(id(q_b))
+        if len(consumers[dq_a.output[0]]) == 1:
+            drop.add(id(dq_a))
+        done += 1
+    if drop:
+        kept = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(kept)
+        _drop_unused_initializers(model)
+        retyped = {n.output[0] for n in kept if n.op_type in _SHAPE_OPS}
+        infos = [v for v in g.value_info if v.name not in retyped]  # now integer: let shape inference retype
+        del g.value_info[:]
+        g.value_info.extend(infos)
+    return done
+
+
+def _drop_unused_initializers(model: Any) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
 def quantize_onnxruntime(prepared: str | os.PathLike[str], out: str | os.PathLike[str],
-                         ranges: dict[str, TensorRange], *, metadata: dict[str, Any] | None = None) -> Path:
-    """u8s8 QDQ with ONNX Runtime's quantizer, using ``ranges`` (no calibration run of its own)."""
+                         ranges: dict[str, TensorRange], *, metadata: dict[str, Any] | None = None,
+                         quantize_pool: bool = True) -> Path:
+    """u8s8 QDQ with ONNX Runtime's quantizer, using ``ranges`` (no calibration run of its own).
+    With ``quantize_pool``, the global average pool is quantized and the reshape before the fc runs
+    on integers (see the module doc)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -144,6 +258,11 @@ def quantize_onnxruntime(prepared: str | os.PathLike[str], out: str | os.PathLik
                   calibrate_method=CalibrationMethod.MinMax, extra_options=options)
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq.") as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
+        if quantize_pool:
+            src = onnx.load(os.fspath(prepared))
+            if global_pool_as_gap(src):
+                prepared = Path(tmp) / "gap.onnx"
+                onnx.save_model(src, str(prepared))
         if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
             from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -163,6 +282,8 @@ def quantize_onnxruntime(prepared: str | os.PathLike[str], out: str | os.PathLik
             quantizer.model.save_model_to_file(str(tmp_out))
         model = onnx.load(str(tmp_out))
     drop_output_qdq(model)
+    if quantize_pool:
+        reshape_in_integer(model)
     return _finish(model, Path(out), metadata)
 
 
@@ -223,9 +344,15 @@ def _weight_axis(node: Any, w: np.ndarray) -> int | None:
     return None
 
 
+def final_layers(model: Any) -> set[str]:
+    """Names of the Gemm/MatMul nodes whose output is a graph output (the classifier, the fc)."""
+    outputs = {o.name for o in model.graph.output}
+    return {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and set(n.output) & outputs}
+
+
 def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[str],
                       ranges: dict[str, TensorRange], *, metadata: dict[str, Any] | None = None,
-                      residual_add: bool = True) -> Path:
+                      residual_add: bool = True, quantize_fc: bool = False, maxpool_input: bool = True) -> Path:
     """Explicit symmetric INT8 for TensorRT (see the module doc for the placement)."""
     import onnx
     from onnx import helper, numpy_helper
@@ -238,7 +365,10 @@ def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[s
 
     act_sites: dict[str, list[tuple[Any, int]]] = defaultdict(list)  # tensor -> [(consumer, input index)]
     weight_sites: list[tuple[Any, int, int]] = []  # (node, input index, axis)
+    skip = set() if quantize_fc else final_layers(model)
     for node in g.node:
+        if node.name in skip:
+            continue
         if node.op_type in WEIGHTED_OPS and len(node.input) >= 2:
             x, w = node.input[0], node.input[1]
             if x not in constants:
@@ -256,7 +386,15 @@ def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[s
             if idx is not None:
                 act_sites[node.input[idx]].append((node, idx))
 
-    missing = [t for t in act_sites if t not in ranges]
+    scale_of = {t: t for t in act_sites}  # tensor -> the tensor whose range gives its scale
+    if maxpool_input:
+        for node in g.node:
+            if node.op_type == "MaxPool" and node.output[0] in act_sites and node.input[0] not in constants \
+                    and node.input[0] not in act_sites:
+                act_sites[node.input[0]].append((node, 0))
+                scale_of[node.input[0]] = node.output[0]
+
+    missing = [t for t in act_sites if scale_of[t] not in ranges]
     if missing:
         raise UsageError(f"no calibrated range for {len(missing)} tensor(s) the tensorrt flavour quantizes "
                          f"({', '.join(missing[:5])}); the ranges were made for another graph")
@@ -267,8 +405,9 @@ def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[s
     qdq_out: dict[str, str] = {}
     qdq_nodes: dict[str, list[Any]] = {}
     for t in act_sites:
-        scale_name = f"{t}_scale"
-        new_inits.append(numpy_helper.from_array(np.array(ranges[t].int8_scale, dtype=np.float32), scale_name))
+        scale_name = f"{scale_of[t]}_scale"
+        if scale_of[t] == t:
+            new_inits.append(numpy_helper.from_array(np.array(ranges[t].int8_scale, dtype=np.float32), scale_name))
         q, dq = f"{t}_QuantizeLinear_Output", f"{t}_DequantizeLinear_Output"
         qdq_nodes[t] = [helper.make_node("QuantizeLinear", [t, scale_name, zp8], [q], name=f"{t}_QuantizeLinear"),
                         helper.make_node("DequantizeLinear", [q, scale_name, zp8], [dq],
@@ -309,6 +448,151 @@ def quantize_tensorrt(prepared: str | os.PathLike[str], out: str | os.PathLike[s
     del g.initializer[:]
     g.initializer.extend(kept + new_inits)
     return _finish(model, Path(out), metadata)
+
+
+# -- layers kept in higher precision ---------------------------------------------------------------
+
+def quantized_layers(model: Any) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes of a Q/DQ model that run in INT8 (their weight comes
+    through a DequantizeLinear), in graph order."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+
+    def dq(tensor: str) -> bool:
+        return producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear"
+
+    names = []
+    for n in model.graph.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
+            continue
+        # an int8 weight; or, for a product of two activations, a quantized first input
+        if dq(n.input[1]) or (n.input[1] not in inits and dq(n.input[0])):
+            names.append(n.name)
+    return names
+
+
+def _dequantize_initializer(dq: Any, inits: dict[str, Any]) -> np.ndarray:
+    from onnx import numpy_helper
+
+    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+    zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] \
+        else np.zeros_like(scale)
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and q.ndim > 0:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def float_layers(model: Any, names: set[str] | list[str], *, dtype: str = "float32",
+                 quantized_inputs: bool = False) -> Any:
+    """A copy of Q/DQ ``model`` where the layers ``names`` (node names) run unquantized: their
+    dequantized weights become float initializers and their activation inputs skip the Q/DQ pair
+    (which stays for its other consumers). ``dtype="float16"`` runs them in FP16 (Casts around the
+    layer, FP16 weights), what the tensorrt flavour keeps. Q/DQ nodes left without consumers go.
+
+    ``quantized_inputs``: the layers read the dequantized activation (the value their producer's
+    Q/DQ writes) instead of the float tensor before the Q. The onnxruntime flavour uses it: ONNX
+    Runtime fuses ``DQ -> Conv -> Q`` into an INT8 Conv only when the Conv's output feeds the Q
+    alone, so a second, float reader of that output pushes the producer out of INT8 as well
+    (ResNet-18 at 64 px, one layer kept that way: 7.7x slower)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dtype not in ("float32", "float16"):
+        raise UsageError(f"layers kept out of INT8 run in float32 or float16, not {dtype}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    wanted = set(names)
+    nodes = {n.name: n for n in g.node}
+    unknown = sorted(wanted - set(nodes))
+    if unknown:
+        raise UsageError(f"no layer named {', '.join(unknown[:5])} in the INT8 model")
+    inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    new_inits, casts_before, casts_after = [], defaultdict(list), defaultdict(list)
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    for name in sorted(wanted):
+        node = nodes[name]
+        for idx, inp in enumerate(node.input):
+            src = producers.get(inp)
+            if src is None or src.op_type != "DequantizeLinear":
+                if dtype == "float16" and inp in inits:  # a float bias
+                    arr = numpy_helper.to_array(inits[inp]).astype(np.float16)
+                    new_name = f"{inp}_{name}_fp16"
+                    new_inits.append(numpy_helper.from_array(arr, new_name))
+                    node.input[idx] = new_name
+                elif dtype == "float16" and inp:
+                    cast_out = f"{inp}_{name}_fp16"
+                    casts_before[name].append(helper.make_node("Cast", [inp], [cast_out], name=f"{cast_out}_Cast",
+                                                               to=TensorProto.FLOAT16))
+                    node.input[idx] = cast_out
+                continue
+            if src.input[0] in inits:  # a weight (or bias) stored as integers
+                new_name = f"{src.input[0]}_{name}_float"
+                new_inits.append(numpy_helper.from_array(_dequantize_initializer(src, inits).astype(np_dtype),
+                                                         new_name))
+                node.input[idx] = new_name
+                continue
+            q = producers.get(src.input[0])
+            base = q.input[0] if q is not None and q.op_type == "QuantizeLinear" and not quantized_inputs \
+                else src.output[0]
+            if base != src.output[0] and _clamps_at_zero(q, inits):
+                # ONNX Runtime's quantizer folds a ReLU into a uint8 Q with zero point 0 (the Q clamps
+                # negatives): the float tensor before the Q is the pre-ReLU value, so put the ReLU back
+                relu_out = f"{base}_{name}_relu"
+                casts_before[name].append(helper.make_node("Relu", [base], [relu_out], name=f"{relu_out}_Relu"))
+                base = relu_out
+            if dtype == "float16":
+                cast_out = f"{base}_{name}_fp16"
+                casts_before[name].append(helper.make_node("Cast", [base], [cast_out], name=f"{cast_out}_Cast",
+                                                           to=TensorProto.FLOAT16))
+                base = cast_out
+            node.input[idx] = base
+        if dtype == "float16":
+            for i, o in enumerate(node.output):
+                half = f"{o}_fp16"
+                casts_after[name].append(helper.make_node("Cast", [half], [o], name=f"{o}_Cast", to=TensorProto.FLOAT))
+                node.output[i] = half
+    ordered = []
+    for n in g.node:
+        ordered += casts_before.get(n.name, [])
+        ordered.append(n)
+        ordered += casts_after.get(n.name, [])
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(new_inits)
+    _drop_dead_qdq(out)
+    _drop_unused_initializers(out)
+    return out
+
+
+def _clamps_at_zero(q: Any, inits: dict[str, Any]) -> bool:
+    """Whether QuantizeLinear ``q`` maps to uint8 with zero point 0 (it clamps negatives to zero)."""
+    from onnx import numpy_helper
+
+    if len(q.input) < 3 or q.input[2] not in inits:
+        return False
+    zp = numpy_helper.to_array(inits[q.input[2]])
+    return zp.dtype == np.uint8 and not zp.any()
+
+
+def _drop_dead_qdq(model: Any) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads (repeatedly: a Q whose DQs went goes too)."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return
+        ids = {id(n) for n in dead}
+        kept = [n for n in model.graph.node if id(n) not in ids]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
 
 
 # -- ModelOpt ----------------------------------------------------------------------------------
@@ -386,7 +670,32 @@ def qdq_summary(model_or_path: Any) -> dict[str, Any]:
                 entry["weight_dq"] += int(len(n.input) > 1 and via_dq_weight(n.input[1]))
     out["zero_points"] = sorted(zero_points)
     out["zero_point_dtypes"] = sorted(dtypes)
+    out["by_op"] = qdq_by_op(model)
     return out
+
+
+def qdq_by_op(model_or_path: Any) -> dict[str, dict[str, int]]:
+    """Per op type (Q/DQ themselves excluded): ``nodes``, ``dq_inputs`` (inputs read from a
+    DequantizeLinear: a quantized activation or an int8 weight) and ``q_outputs`` (outputs read by a
+    QuantizeLinear). The placement tests compare these counts per flavour."""
+    import onnx
+
+    model = onnx.load(os.fspath(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    out: dict[str, dict[str, int]] = {}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        e = out.setdefault(n.op_type, {"nodes": 0, "dq_inputs": 0, "q_outputs": 0})
+        e["nodes"] += 1
+        e["dq_inputs"] += sum(1 for i in n.input if producers.get(i) is not None
+                              and producers[i].op_type == "DequantizeLinear")
+        e["q_outputs"] += sum(1 for o in n.output if any(c.op_type == "QuantizeLinear" for c in consumers[o]))
+    return dict(sorted(out.items()))
 
 
 def infer_metadata(fp32_meta: dict[str, Any], **updates: Any) -> dict[str, Any]:
@@ -424,15 +733,19 @@ def _tensorrt_usable() -> tuple[bool, str]:
 
 
 def quantize(prepared: str | os.PathLike[str], out: str | os.PathLike[str], target: str,
-             ranges: dict[str, TensorRange], *, metadata: dict[str, Any] | None = None) -> Path:
-    """One INT8 flavour of a prepared FP32 model: ``target`` is ``onnxruntime`` or ``tensorrt``."""
+             ranges: dict[str, TensorRange], *, metadata: dict[str, Any] | None = None,
+             quantize_fc: bool = False) -> Path:
+    """One INT8 flavour of a prepared FP32 model: ``target`` is ``onnxruntime`` or ``tensorrt``.
+    ``quantize_fc`` quantizes the final fc in the tensorrt flavour too (the onnxruntime flavour
+    always does: its u8s8 Gemm is fast and its error is small with uint8 activations)."""
     if target == "onnxruntime":
         return quantize_onnxruntime(prepared, out, ranges, metadata=metadata)
     if target == "tensorrt":
-        return quantize_tensorrt(prepared, out, ranges, metadata=metadata)
+        return quantize_tensorrt(prepared, out, ranges, metadata=metadata, quantize_fc=quantize_fc)
     raise UsageError(f"unknown INT8 target '{target}'; choose one of: {', '.join(TARGETS)}")
 
 
-__all__ = ["TARGETS", "TARGET_CHOICES", "WEIGHTED_OPS", "drop_output_qdq", "infer_metadata", "prepare", "qdq_summary",
-           "quantize", "quantize_modelopt", "quantize_onnxruntime", "quantize_tensorrt", "residual_input",
-           "targets_for"]
+__all__ = ["TARGETS", "TARGET_CHOICES", "WEIGHTED_OPS", "drop_output_qdq", "final_layers", "float_layers",
+           "global_pool_as_gap", "infer_metadata", "prepare", "qdq_by_op", "qdq_summary", "quantize",
+           "quantize_modelopt", "quantize_onnxruntime", "quantize_tensorrt", "quantized_layers", "reshape_in_integer",
+           "residual_input", "targets_for"]

@@ -12,6 +12,12 @@ Methods (``amax`` is the magnitude beyond which values are clipped):
   gives the MinMax ranges). As in NVIDIA's pytorch-quantization, the first bin (exact zeros after
   ReLU) is replaced by its neighbour so the zeros do not dominate the divergence.
 * ``percentile``: the ``percentile``-th percentile of ``|x|`` (default 99.99).
+* ``mse``: the threshold that minimizes the mean squared quantization error of the observed ``|x|``
+  histogram with 127 levels: rounding (``step^2 / 12`` inside the range, ``x^2`` for values that
+  round to zero) plus clipping (``(x - amax)^2`` beyond it), evaluated for every candidate bin edge.
+
+``auto`` (the stage's default, :mod:`.select`) derives all four from one collection of histograms
+and keeps the one whose Q/DQ model comes closest to FP32 on held-out images.
 
 The histogram keeps a fixed number of bins over ``[0, hist_max]``; when a batch exceeds
 ``hist_max`` the range doubles and pairs of bins merge, so re-binning is exact (no interpolation)
@@ -34,7 +40,9 @@ from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "mse")
+#: ``--calib-method`` choices: a method, or ``auto`` (every method scored on held-out images).
+METHOD_CHOICES = ("auto",) + METHODS
 DEFAULT_PERCENTILE = 99.99
 DEFAULT_NUM_BINS = 2048
 MIN_NUM_BINS = 2048
@@ -141,6 +149,39 @@ def entropy_amax(hist: np.ndarray, hist_max: float, num_quantized_bins: int = NU
     return float(cand[best] * hist_max / n)
 
 
+def mse_amax(hist: np.ndarray, hist_max: float, levels: int = NUM_QUANTIZED_BINS - 1,
+             min_bins: int = NUM_QUANTIZED_BINS) -> float:
+    """The clipping threshold with the smallest mean squared quantization error of ``|x|``.
+
+    Candidates are the bin edges ``i * bin_width`` for ``i`` in ``[min_bins, num_bins]``. With step
+    ``s = t / levels``, a value ``x`` (taken at its bin centre) costs ``x^2`` when it rounds to zero
+    (``x < s / 2``), ``s^2 / 12`` (uniform rounding noise) up to ``t``, and ``(x - t)^2`` beyond it.
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    n = len(h)
+    total = h.sum()
+    if total <= 0 or n < 2:
+        return float(hist_max)
+    width = hist_max / n
+    centers = (np.arange(n) + 0.5) * width
+    cand = np.arange(min(int(min_bins), n), n + 1)
+    t = cand * width
+    step = t / float(levels)
+    # per candidate: split the bins into "rounds to zero", "in range" and "clipped" with prefix sums
+    cum = np.concatenate([[0.0], np.cumsum(h)])
+    cum_x2 = np.concatenate([[0.0], np.cumsum(h * centers ** 2)])
+    cum_x = np.concatenate([[0.0], np.cumsum(h * centers)])
+    zero_end = np.clip(np.searchsorted(centers, step / 2.0, side="left"), 0, n)  # bins [0, zero_end) round to 0
+    clip_start = np.minimum(cand, n)  # bins [cand, n) are clipped
+    zero_err = cum_x2[zero_end]
+    in_count = cum[clip_start] - cum[np.minimum(zero_end, clip_start)]
+    in_err = in_count * step ** 2 / 12.0
+    c_n, c_x, c_x2 = cum[n] - cum[clip_start], cum_x[n] - cum_x[clip_start], cum_x2[n] - cum_x2[clip_start]
+    clip_err = c_x2 - 2.0 * t * c_x + t ** 2 * c_n
+    err = (zero_err + in_err + clip_err) / total
+    return float(t[int(np.argmin(err))])
+
+
 def percentile_amax(hist: np.ndarray, hist_max: float, percentile: float = DEFAULT_PERCENTILE) -> float:
     """The upper edge of the bin where the cumulative share of ``|x|`` reaches ``percentile``."""
     if not 0 < percentile <= 100:
@@ -222,6 +263,10 @@ class MethodConfig:
     def needs_histogram(self) -> bool:
         return self.method != "minmax"
 
+    def with_method(self, method: str) -> "MethodConfig":
+        return MethodConfig(method=method, percentile=self.percentile, num_bins=self.num_bins,
+                            num_quantized_bins=self.num_quantized_bins)
+
     def params(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("method")
@@ -238,6 +283,9 @@ def amax_of(stats: TensorStats, cfg: MethodConfig) -> float:
         return stats.absmax
     if cfg.method == "percentile":
         return min(percentile_amax(stats.hist, stats.hist_max, cfg.percentile), stats.absmax)
+    if cfg.method == "mse":
+        return min(mse_amax(stats.hist, stats.hist_max, cfg.num_quantized_bins - 1, cfg.num_quantized_bins),
+                   stats.absmax)
     return min(entropy_amax(stats.hist, stats.hist_max, cfg.num_quantized_bins), stats.absmax)
 
 
@@ -354,25 +402,50 @@ class Calibration:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def calibrate(onnx_path: str | os.PathLike[str], batches: Iterable[np.ndarray], method: MethodConfig, *,
-              total: int | None = None, tensors: Sequence[str] | None = None,
-              threads: int | None = None) -> Calibration:
-    """Collect statistics of ``onnx_path`` (a pre-processed FP32 model) over ``batches`` and compute the
-    ranges with ``method``."""
+@dataclass
+class Statistics:
+    """What one pass over the calibration batches collected: per-tensor stats, from which every
+    method's ranges follow without running the model again."""
+
+    stats: dict[str, TensorStats]
+    input_name: str
+    num_images: int
+    num_batches: int
+    batch_shape: list[int]
+
+    def ranges(self, method: MethodConfig) -> dict[str, TensorRange]:
+        return compute_ranges(self.stats, method, full_range=[self.input_name])
+
+
+def collect(onnx_path: str | os.PathLike[str], batches: Iterable[np.ndarray], *, histogram: bool = True,
+            num_bins: int = DEFAULT_NUM_BINS, total: int | None = None, tensors: Sequence[str] | None = None,
+            threads: int | None = None, desc: str = "calibrating") -> Statistics:
+    """One pass of ``batches`` through ``onnx_path`` (a pre-processed FP32 model): min, max and, with
+    ``histogram``, a histogram of ``|x|`` for every float activation."""
     from ..progress import track
 
-    method.validate()
-    collector = RangeCollector(onnx_path, tensors=tensors, histogram=method.needs_histogram,
-                               num_bins=method.num_bins, threads=threads)
+    collector = RangeCollector(onnx_path, tensors=tensors, histogram=histogram, num_bins=num_bins, threads=threads)
     shape: list[int] = []
-    for batch in track(batches, total=total, desc=f"calibrating ({method.method})", unit="batch"):
+    for batch in track(batches, total=total, desc=desc, unit="batch"):
         if not shape:
             shape = [int(d) for d in np.shape(batch)]
         collector.update(batch)
     if collector.batches == 0:
         raise UsageError("calibration got no batches")
-    ranges = compute_ranges(collector.stats, method, full_range=[collector.input_name])
-    log.info("calibrated %d tensors on %d images (%d batches of %s)", len(ranges), collector.images,
-             collector.batches, "x".join(map(str, shape)))
-    return Calibration(ranges=ranges, method=method, num_images=collector.images, num_batches=collector.batches,
-                       batch_shape=shape)
+    return Statistics(stats=collector.stats, input_name=collector.input_name, num_images=collector.images,
+                      num_batches=collector.batches, batch_shape=shape)
+
+
+def calibrate(onnx_path: str | os.PathLike[str], batches: Iterable[np.ndarray], method: MethodConfig, *,
+              total: int | None = None, tensors: Sequence[str] | None = None,
+              threads: int | None = None) -> Calibration:
+    """Collect statistics of ``onnx_path`` (a pre-processed FP32 model) over ``batches`` and compute the
+    ranges with ``method``."""
+    method.validate()
+    st = collect(onnx_path, batches, histogram=method.needs_histogram, num_bins=method.num_bins, total=total,
+                 tensors=tensors, threads=threads, desc=f"calibrating ({method.method})")
+    ranges = st.ranges(method)
+    log.info("calibrated %d tensors on %d images (%d batches of %s)", len(ranges), st.num_images,
+             st.num_batches, "x".join(map(str, st.batch_shape)))
+    return Calibration(ranges=ranges, method=method, num_images=st.num_images, num_batches=st.num_batches,
+                       batch_shape=st.batch_shape)

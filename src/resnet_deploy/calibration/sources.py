@@ -60,6 +60,9 @@ class CalibrationSource(abc.ABC):
         self.items = list(items)
         self.batch_size = int(batch_size)
         self.heldout: CalibrationSource | None = None
+        #: images left over after the held-out and the calibration images: never calibrated on, so
+        #: ``--calib-method auto`` may score on them too (``None`` when there are none)
+        self.spare: CalibrationSource | None = None
 
     # -- the plain-iterable interface ----------------------------------------------------------
     def __len__(self) -> int:
@@ -305,15 +308,18 @@ def prep_for_shape(prep: Preprocessing, height: int, width: int) -> Preprocessin
 
 def holdout_split(source: CalibrationSource, holdout: int, size: int | None = None) -> CalibrationSource:
     """Keep the first ``holdout`` items aside (``result.heldout``) and calibrate on up to ``size`` of
-    the rest. Items are used in their current order: shuffle first (``make_source`` does)."""
+    the rest; what is left after those is ``result.spare``. Items are used in their current order:
+    shuffle first (``make_source`` does)."""
     if holdout < 0:
         raise UsageError(f"holdout must be >= 0, got {holdout}")
     items = source.items
     held, rest = items[:holdout], items[holdout:]
+    spare: list[Any] = []
     if size is not None:
-        rest = rest[:size]
+        rest, spare = rest[:size], rest[size:]
     calib = source.subset(rest)
     calib.heldout = source.subset(held) if held else None
+    calib.spare = source.subset(spare) if spare else None
     return calib
 
 

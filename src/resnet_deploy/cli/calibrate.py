@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import options
 from ..calibration.qdq import TARGET_CHOICES
-from ..calibration.ranges import DEFAULT_PERCENTILE, METHODS
+from ..calibration.ranges import DEFAULT_PERCENTILE, METHOD_CHOICES
 from ..calibration.sources import DEFAULT_HOLDOUT, DEFAULT_SIZE
 
 
@@ -31,12 +31,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--output", "-o", default=None,
                    help="INT8 ONNX path (default <model>.int8.<target>.onnx beside the model); with "
                         "--int8-target both, the target name is inserted: OUT.onnxruntime.onnx, OUT.tensorrt.onnx")
-    p.add_argument("--calib-method", choices=METHODS, default="entropy",
-                   help="activation ranges: entropy (TensorRT's KL, 2048 bins; default), percentile, minmax")
+    p.add_argument("--calib-method", choices=METHOD_CHOICES, default="auto",
+                   help="activation ranges: auto (default: minmax, entropy, percentile and mse ranges from one "
+                        "collection, each scored on the held-out images by logit error vs FP32, the best kept), or "
+                        "force one: minmax, entropy (TensorRT's KL, 2048 bins), percentile, mse")
     p.add_argument("--percentile", type=options.percentile, default=DEFAULT_PERCENTILE,
                    help=f"for --calib-method percentile (default {DEFAULT_PERCENTILE})")
     p.add_argument("--calib-size", type=options.positive_int, default=DEFAULT_SIZE,
-                   help=f"images used for calibration (default {DEFAULT_SIZE}; fewer than 500 warns)")
+                   help=f"images calibrated on (default {DEFAULT_SIZE}; the --holdout images come on top; fewer "
+                        "than 500 warns)")
     p.add_argument("--batch-size", "--calib-batch-size", dest="batch_size", type=options.batch_size, default=None,
                    help="calibration batch size (default 8, or N of --shape)")
     p.add_argument("--shape", "--calib-shape", dest="shape", type=options.input_shape, default=None,
@@ -51,11 +54,31 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--recalibrate", action="store_true", help="calibrate again and overwrite the cache")
     p.add_argument("--holdout", type=options.non_negative_int, default=DEFAULT_HOLDOUT,
                    help=f"images kept aside for the parity check, never calibrated on (default {DEFAULT_HOLDOUT})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image shuffle")
+    p.add_argument("--seed", type=options.non_negative_int, default=0, help="seed of the image shuffle")
     p.add_argument("--modelopt", action="store_true",
                    help="make the tensorrt flavour with NVIDIA ModelOpt (needs nvidia-modelopt)")
+    add_int8_accuracy_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
+
+
+def add_int8_accuracy_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--score-images``, ``--quantize-fc``, ``--sensitivity``, ``--target-error``, ``--keep-float``
+    (calibrate and export)."""
+    p.add_argument("--score-images", type=options.int_range(2), default=None, metavar="N",
+                   help="images --calib-method auto, --sensitivity and --target-error score on: the held-out images "
+                        "plus images the calibration did not use, up to N (default 128)")
+    p.add_argument("--quantize-fc", action="store_true", default=None,
+                   help="quantize the final fc in the tensorrt flavour too (default: left in float, as ModelOpt does)")
+    p.add_argument("--sensitivity", action="store_true", default=None,
+                   help="per quantized layer, the held-out logit error with only that layer unquantized: "
+                        "<int8>.sensitivity.json + .png chart, most sensitive first")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--target-error", type=options.non_negative_float, default=None, metavar="E",
+                   help="keep the most sensitive layers unquantized (FP16 in the tensorrt flavour, float in the "
+                        "onnxruntime flavour) until the held-out mean |logit error| is <= E (default: full INT8)")
+    g.add_argument("--keep-float", type=options.positive_int, default=None, metavar="K",
+                   help="keep the K most sensitive layers unquantized")
 
 
 def _paths(model: Path, output: str | None, targets: list[str]) -> tuple[Path, dict[str, Path]]:
@@ -101,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     config = CalibrationConfig(calib_data=args.calib_data, method=args.calib_method, percentile=args.percentile,
                                calib_size=args.calib_size, batch_size=args.batch_size, shape=shape,
                                target=args.int8_target, holdout=args.holdout, seed=args.seed, cache=args.cache,
-                               recalibrate=args.recalibrate, modelopt=args.modelopt)
+                               recalibrate=args.recalibrate, modelopt=args.modelopt,
+                               quantize_fc=bool(args.quantize_fc), sensitivity=bool(args.sensitivity),
+                               **({"score_images": args.score_images} if args.score_images is not None else {}),
+                               target_error=args.target_error, keep_float=args.keep_float)
     config.validate()
     targets, _ = targets_for(args.int8_target)
     out_dir, paths = _paths(model, args.output, targets)
@@ -131,8 +157,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps({**res.summary(), "parity": {k: r.to_dict() for k, r in res.parity.items()},
+                          **({"sensitivity_layers": {t: s.to_dict() for t, s in res.sensitivity.items()}}
+                             if res.sensitivity else {}),
                           "manifest": str(manifest.path)}, indent=2, default=str))
     else:
+        for target, sens in res.sensitivity.items():
+            if target in res.sensitivity_files:
+                print(f"sensitivity ({target} flavour): " + ", ".join(str(f) for f in res.sensitivity_files[target]))
+                print(sens.table())
         for target, path in res.artifacts.items():
             report = res.parity.get(target)
             worst = report.worst() if report else {}

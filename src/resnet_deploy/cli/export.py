@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..calibration.ranges import METHOD_CHOICES
 from ..export import DEFAULT_CHECK_SHAPES, DEFAULT_OPSET, ENGINE_MODES, EXPORTERS, ExportConfig, export_model
 from .. import options
 from ..models import variant_choices
 from ..models.heads import HEADS
+from .calibrate import add_int8_accuracy_options
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,9 +50,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--timing-cache", default=None, help="persistent TensorRT timing cache file")
     g = p.add_argument_group("INT8 calibration")
     g.add_argument("--calib-data", default=None, help="folder of images (recursive) or .npy/.npz batches")
-    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default=None,
-                   help="activation range method (default entropy)")
-    g.add_argument("--calib-size", type=options.positive_int, default=None, help="images used for calibration")
+    g.add_argument("--calib-method", choices=METHOD_CHOICES, default=None,
+                   help="activation range method: auto (default: every method scored on the held-out images, the "
+                        "best kept), minmax, entropy, percentile, mse")
+    g.add_argument("--calib-size", type=options.positive_int, default=None,
+                   help="images calibrated on (500; the --holdout images come on top)")
     g.add_argument("--calib-batch-size", type=options.batch_size, default=None, help="calibration batch size")
     g.add_argument("--percentile", type=options.percentile, default=None, help="for --calib-method percentile (default 99.99)")
     g.add_argument("--int8-target", choices=("onnxruntime", "tensorrt", "both"), default=None,
@@ -61,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     g.add_argument("--holdout", type=options.non_negative_int, default=None, help="images kept aside for the INT8 parity check (16)")
     g.add_argument("--recalibrate", action="store_true", help="ignore and overwrite an existing calibration cache")
     g.add_argument("--modelopt", action="store_true", help="make the tensorrt flavour with NVIDIA ModelOpt")
+    add_int8_accuracy_options(g)
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead of the summary table")
     p.set_defaults(func=run)
 
@@ -71,7 +76,9 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         "batch_size": args.calib_batch_size, "percentile": args.percentile, "target": args.int8_target,
         "cache": args.calib_cache, "shape": args.calib_shape,
         "holdout": args.holdout, "recalibrate": args.recalibrate or None,
-        "modelopt": args.modelopt or None}.items() if v is not None}
+        "modelopt": args.modelopt or None, "quantize_fc": args.quantize_fc, "sensitivity": args.sensitivity,
+        "score_images": args.score_images,
+        "target_error": args.target_error, "keep_float": args.keep_float}.items() if v is not None}
     engine = {k: v for k, v in {
         "min_shapes": args.min_shape, "opt_shapes": args.opt_shape, "max_shapes": args.max_shape,
         "workspace_gib": args.workspace, "timing_cache": args.timing_cache}.items() if v is not None}
