@@ -112,18 +112,23 @@ def _onnx_props(p: Path) -> list[tuple[str, str]]:
         if problem is not None:
             raise UsageError(f"'{p}' is not an ONNX model ({problem})")
         return [(prop.key, prop.value) for prop in model.metadata_props]
+    return modelmeta_props(inspection_session(p, "reading the metadata of"))
+
+
+def inspection_session(path: str | os.PathLike[str], purpose: str) -> Any:
+    """An unoptimized ONNX Runtime CPU session over ``path``, to read its metadata and I/O where the
+    onnx package is absent (the thin runtime). ``purpose`` completes "... needs onnxruntime"."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", f"reading the metadata of '{p}'", "onnxruntime") from exc
+        raise MissingDependencyError("onnxruntime", f"{purpose} '{path}'", "onnxruntime") from exc
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise UsageError(f"'{p}' is not an ONNX model ({_first_line(exc)})") from exc
-    return modelmeta_props(session)
+        raise UsageError(f"'{path}' is not an ONNX model ({_first_line(exc)})") from exc
 
 
 def modelmeta_props(session: Any) -> list[tuple[str, str]]:

@@ -201,17 +201,10 @@ def _graph_io_onnx(onnx_path: Path, onnx: Any) -> tuple[Facts, Facts]:
 
 def _graph_io_onnxruntime(onnx_path: Path) -> tuple[Facts, Facts]:
     """The same facts from an ONNX Runtime session, on a runtime without the onnx package."""
-    from ...errors import require
+    from ...artifacts import inspection_session
     from ...runtime.onnxruntime_runner import ort_dtype
 
-    ort = require("onnxruntime", f"reading the inputs and outputs of '{onnx_path}'", "onnxruntime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise UsageError(f"'{onnx_path}' is not a readable ONNX file: {exc}") from exc
+    session = inspection_session(onnx_path, "reading the inputs and outputs of")
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if not inputs or not outputs:
         raise UsageError(f"'{onnx_path}' has no graph input or output")
