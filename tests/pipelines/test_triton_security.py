@@ -230,11 +230,15 @@ def test_load_with_garbage_threads_gives_no_wrong_answer_and_bounded_memory(serv
     assert res.good_ok > 20 and res.garbage_sent >= len(garbage), summary
     assert res.garbage_accepted == 0, summary
     for name in (BYTES_MODEL, TENSOR_MODEL):  # garbage requests are at most MAX_REQUEST_BYTES each
-        assert after[name]["anon"] <= 1.10 * before[name]["anon"], (name, before[name], after[name])
-        # RSS also counts Triton's shared-memory pool, which holds the requests in flight at once (at most
-        # one per client thread, each at most MAX_REQUEST_BYTES); the private memory above is the leak check
-        pool = 8 * MAX_REQUEST_BYTES / 2**20
-        assert after[name]["rss"] <= 1.10 * before[name]["rss"] + pool, (name, before, after)
+        # private memory: within 10 %, plus the buffers of the (at most two) requests still being
+        # handled when the load stops; leaking the buffer of each garbage request would exceed it
+        in_flight = 2 * MAX_REQUEST_BYTES / 2**20
+        assert after[name]["anon"] <= 1.10 * before[name]["anon"] + in_flight, (name, before[name], after[name])
+        # RSS also counts the Python backend's shared-memory pool, which Triton grows to hold the requests in
+        # flight at once (8 client threads, each request at most MAX_REQUEST_BYTES, copied there before our
+        # handler sees it) and reuses; the private memory above is the leak check, the pool must stay bounded
+        pool_cap = 32 * MAX_REQUEST_BYTES / 2**20
+        assert after[name]["shmem"] <= before[name]["shmem"] + pool_cap, (name, before, after)
     assert _ready(served, BYTES_MODEL) and _ready(served, TENSOR_MODEL)
 
 
