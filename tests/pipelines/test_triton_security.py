@@ -181,20 +181,28 @@ def test_hostile_requests_leave_the_model_process_memory_where_it_was(served, ph
             np.testing.assert_allclose(send(TENSOR_MODEL, small, "FP32", "input").as_numpy("embedding"),
                                        small.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
 
-    good_requests()
-    before = {m: triton_load.memory_mb(procs[m]) for m in (BYTES_MODEL, TENSOR_MODEL, "tritonserver")}
     bomb = np.array([[triton_load.bomb_png()]] * 8, dtype=object)
     huge_jpeg = np.array([[triton_load.big_jpeg_header()]] * 8, dtype=object)
     biggest = np.zeros((1, 3, 4000, 4000), np.float32)
-    hostile = ([(BYTES_MODEL, bomb, "BYTES", "image", "13000x13000 (169.0 MP), over the decode limit of 40.0 MP")] * 60
-               + [(BYTES_MODEL, huge_jpeg, "BYTES", "image", "over the decode limit")] * 20
-               + [(TENSOR_MODEL, biggest, "FP32", "input", "the request holds 192000000 bytes")] * 4
-               + [(TENSOR_MODEL, np.zeros((1, 3, 40, 4000), np.float32), "FP32", "input", "got 40x4000")] * 8
-               + [(TENSOR_MODEL, np.zeros((1, 3, 1, 1), np.float32), "FP32", "input", "within 32..512")] * 8)
+    kinds = [(BYTES_MODEL, bomb, "BYTES", "image", "13000x13000 (169.0 MP), over the decode limit of 40.0 MP", 60),
+             (BYTES_MODEL, huge_jpeg, "BYTES", "image", "over the decode limit", 20),
+             (TENSOR_MODEL, biggest, "FP32", "input", "the request holds 192000000 bytes", 4),
+             (TENSOR_MODEL, np.zeros((1, 3, 40, 4000), np.float32), "FP32", "input", "got 40x4000", 8),
+             (TENSOR_MODEL, np.zeros((1, 3, 1, 1), np.float32), "FP32", "input", "within 32..512", 8)]
+    hostile = [k[:5] for k in kinds for _ in range(k[5])]
     assert len(hostile) == 100
-    for model, arr, dtype, name, why in hostile:
+
+    def refused(model: str, arr: np.ndarray, dtype: str, name: str, why: str) -> None:
         with pytest.raises(InferenceServerException, match=why.replace("(", r"\(").replace(")", r"\)")):
             send(model, arr, dtype, name)
+
+    good_requests()
+    for kind in kinds:  # steady state for the refusals too: first-use allocations of each error path
+        refused(*kind[:5])
+    good_requests()
+    before = {m: triton_load.memory_mb(procs[m]) for m in (BYTES_MODEL, TENSOR_MODEL, "tritonserver")}
+    for request in hostile:
+        refused(*request)
     good_requests()
     after = {m: triton_load.memory_mb(procs[m]) for m in before}
     client.close()
