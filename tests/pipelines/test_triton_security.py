@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -85,9 +86,12 @@ def served(repo):
     """``resnet-deploy triton-serve REPO`` with its defaults (on free loopback ports)."""
     s = triton_load.start_triton_serve(repo)
     yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
-        s.proc.wait(30)
+    if s.proc.poll() is None:  # a test failed or was deselected before the Ctrl-C test: stop it the same way,
+        try:                   # so that triton-serve stops its tritonserver (kill -9 would orphan it)
+            s.interrupt(timeout=60)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            s.proc.wait(30)
 
 
 def _post(url: str, path: str, body: dict) -> tuple[int, str]:
