@@ -185,6 +185,22 @@ class Served:
                 return "".join(out)
             out.append(line)
 
+    def wait_for(self, text: str, timeout: float = 30) -> list[str]:
+        """The output lines up to the first holding ``text`` (all of them if it exits or ``timeout`` passes)."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.output.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            seen.append(line)
+            if text in line:
+                break
+        return seen
+
     def interrupt(self, timeout: float = 60) -> int:
         """Ctrl-C (SIGINT) and wait: its exit code."""
         if self.proc.poll() is None:

@@ -61,10 +61,7 @@ def run_thin(env: dict[str, str], *argv: object, timeout: float = 300) -> subpro
 
 def run_full(capsys, *argv: object) -> tuple[int, str, str]:
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = int(exc.code)
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

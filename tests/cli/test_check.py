@@ -31,10 +31,7 @@ def photos(tmp_path_factory):
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(["check", *map(str, argv)])
-    except SystemExit as exc:  # argparse rejected an argument
-        code = int(exc.code)
+    code = main(["check", *map(str, argv)])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -29,10 +29,7 @@ PREP = Preprocessing(resize_size=72, crop_size=64)
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = int(exc.code)
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

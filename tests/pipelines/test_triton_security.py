@@ -273,15 +273,7 @@ def test_opened_model_control_and_a_model_taken_down_is_reported_with_exit_1(rep
         assert "--allow-model-control opens model control" in text and "model control open" in text
         code, body = _post(s.http_url, f"/v2/repository/models/{TENSOR_MODEL}/unload", {})
         assert code == 200, body
-        deadline = time.monotonic() + 30
-        seen = []
-        while time.monotonic() < deadline:
-            line = s.output.get(timeout=30)
-            if line is None:
-                break
-            seen.append(line)
-            if "no longer ready" in line:
-                break
+        seen = s.wait_for("no longer ready")
         assert any(f"model {TENSOR_MODEL} is no longer ready" in line for line in seen), seen
     finally:
         exit_code = s.interrupt(timeout=60)
@@ -332,15 +324,7 @@ def test_a_dead_model_process_is_reported_though_triton_still_says_ready(repo):
     s = triton_load.start_triton_serve(repo, "--model", TENSOR_MODEL)
     try:
         os.kill(s.processes()[TENSOR_MODEL], signal.SIGKILL)
-        seen = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = s.output.get(timeout=30)
-            if line is None:
-                break
-            seen.append(line)
-            if "no longer ready" in line:
-                break
+        seen = s.wait_for("no longer ready")
         assert any(f"model {TENSOR_MODEL} is no longer ready (1 of its 1 Python backend processes exited)" in line
                    for line in seen), seen
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -31,6 +30,9 @@ except Exception as exc:  # noqa: BLE001 - any reason the server cannot be found
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 from tritonclient.utils import InferenceServerException  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import triton_load  # noqa: E402  (how a user starts triton-serve; shared with the security tests)
 
 NAME = "r18"
 BYTES_MODEL, TENSOR_MODEL = f"{NAME}_bytes", f"{NAME}_python"
@@ -84,63 +86,20 @@ def embedder(export_dir):
         yield emb
 
 
-class _Served:
-    def __init__(self, proc: subprocess.Popen, http: int, grpc: int, lines: list[str], q: queue.Queue) -> None:
-        self.proc, self.http, self.grpc, self.lines, self.queue = proc, http, grpc, lines, q
-
-    def rest_of_output(self) -> str:
-        out = []
-        while True:
-            line = self.queue.get(timeout=30)
-            if line is None:
-                return "".join(out)
-            out.append(line)
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc}"
-
-
 @pytest.fixture(scope="module")
 def served(repo):
     """``resnet-deploy triton-serve`` as a user runs it, on free loopback ports; stopped with Ctrl-C
     (SIGINT) at the end, which must end it cleanly."""
-    http, grpc = tserver.free_port(), tserver.free_port()
-    cmd = [sys.executable, "-m", "resnet_deploy.cli.main", "triton-serve", str(repo), "--http-port", str(http),
-           "--grpc-port", str(grpc), "--no-metrics"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    q: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [q.put(line) for line in proc.stdout] and q.put(None), daemon=True).start()
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    try:
+        s = triton_load.start_triton_serve(repo)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield s
+    if s.proc.poll() is None:
         try:
-            line = q.get(timeout=1)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        if line is None:
-            break
-        lines.append(line.rstrip())
-        if "Ctrl-C to stop" in line:
-            break
-    else:
-        proc.kill()
-        pytest.fail("triton-serve was not ready in 240 s:\n" + "\n".join(lines))
-    if proc.poll() is not None:
-        pytest.fail("triton-serve exited:\n" + "\n".join(lines))
-    yield _Served(proc, http, grpc, lines, q)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
+            s.interrupt(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            s.proc.kill()
             pytest.fail("triton-serve did not stop within 60 s of Ctrl-C")
 
 
@@ -173,7 +132,7 @@ def _assert_fp32_close(got: np.ndarray, ref: np.ndarray) -> None:
 
 def test_serve_prints_endpoints(served):
     text = "\n".join(served.lines)
-    assert f"HTTP     http://127.0.0.1:{served.http}" in text and f"gRPC     127.0.0.1:{served.grpc}" in text
+    assert f"HTTP     http://127.0.0.1:{served.http_port}" in text and f"gRPC     127.0.0.1:{served.grpc_port}" in text
     assert BYTES_MODEL in text and TENSOR_MODEL in text
     assert f"skipped  {NAME}_onnxruntime" in text  # native entries need NVIDIA's container
 
@@ -191,7 +150,7 @@ def test_bytes_over_http_and_grpc_from_threads_batch_and_match_the_local_embedde
     many = _infer_bytes("grpc", served.grpc_url, [photos[n] for n in names])
     _assert_fp32_close(many, np.stack([reference[n] for n in names]))
 
-    stats = tserver.model_statistics(f"http://127.0.0.1:{served.http}", BYTES_MODEL)
+    stats = tserver.model_statistics(f"http://127.0.0.1:{served.http_port}", BYTES_MODEL)
     hist = tserver.batch_histogram(stats)
     assert sum(b * n for b, n in hist.items()) == int(stats["inference_count"])
     assert max(hist) > 1, f"no request was batched with another: {hist}"
@@ -230,7 +189,7 @@ def test_ctrl_c_stops_cleanly(served):
     rest = served.rest_of_output()
     assert served.proc.returncode == 130, rest
     assert "stopped (SIGINT)" in rest
-    assert tserver.port_is_free(served.http) and tserver.port_is_free(served.grpc)
+    assert tserver.port_is_free(served.http_port) and tserver.port_is_free(served.grpc_port)
 
 
 # -- start failures and faults (the library launcher) -----------------------------------------------
